@@ -1,0 +1,82 @@
+"""Content-keyed stage cache.
+
+A stage's output lives in ``<cache>/<stage>/<key>/`` where the key hashes everything the output depends on,
+so re-running a command skips finished work and a changed input never reuses a stale output. Outputs are
+built in a temporary folder and renamed into place, so a killed run leaves no half-written stage behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+DONE = "DONE"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "bench"))
+
+
+def model_cache_dir() -> Path:
+    """Converted models (de-quantised GGUF, pruned students) can live apart from stage outputs."""
+    return Path(os.environ.get("BENCH_MODEL_CACHE", default_cache_dir() / "models"))
+
+
+def stable_hash(obj, length: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class StageCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def has(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / DONE).exists()
+
+    @contextmanager
+    def build(self, stage: str, key: str):
+        """Yield a fresh folder to write the stage's output into; it becomes visible only on success."""
+        final = self.path(stage, key)
+        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True, exist_ok=False)
+        try:
+            yield tmp
+            (tmp / DONE).write_text("")
+            if final.exists():  # a concurrent run finished the same stage first; theirs is as good as ours
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

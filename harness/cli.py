@@ -1,0 +1,169 @@
+"""The `bench` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from harness.errors import BenchError
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_assignments(items: tuple[str, ...], what: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"{what} {item!r} is not of the form name=value.")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+class BenchGroup(click.Group):
+    """Prints BenchError as one paragraph (no traceback) and exits non-zero."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BenchError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished stages are cached; the same command resumes from them.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=BenchGroup)
+def main():
+    """Distil an aligned teacher's preferences into a small student with many methods under one budget,
+    evaluate every checkpoint, and render leaderboards."""
+
+
+@main.command()
+@click.option("--methods", required=True, help="Comma-separated method names, e.g. sft,kd,dckd,dpo.")
+@click.option("--pair", default=None, help="A registered pair (see `bench pairs`); default smollm2-135m.")
+@click.option("--teacher", default=None, help="Ad-hoc pair: teacher hub id, folder or .gguf (with --student).")
+@click.option("--student", default=None, help="Ad-hoc pair: student hub id, folder or .gguf (with --teacher).")
+@click.option("--budget", "budget_name", default="smoke", show_default=True, help="A budget (see `bench budgets`).")
+@click.option("--set", "budget_set", multiple=True, metavar="FIELD=VALUE",
+              help="Override a budget field for this run, e.g. --set max_steps=4 (recorded with the results).")
+@click.option("--option", "method_set", multiple=True, metavar="METHOD.FIELD=VALUE",
+              help="Set a method config field, e.g. --option dpo.beta=0.05.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the budget's).")
+@click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
+              help="Folder holding local copies of data sets (env BENCH_DATA_DIR); unset = download from the hub.")
+@click.option("--dataset", default=None, help="Data set hub id or local file/folder (default: the pair's).")
+@click.option("--run-name", default=None, help="Results sub-folder (default: <budget>-seed<seed>).")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+@click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path),
+              help="Stage cache (env BENCH_CACHE_DIR; default ~/.cache/bench).")
+def run(methods, pair, teacher, student, budget_name, budget_set, method_set, seed, data_dir, dataset, run_name,
+        results_dir, leaderboard_dir, cache_dir):
+    """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
+    from harness.budgets import get_budget
+    from harness.cache import default_cache_dir
+    from harness.data import data_dir_from_env
+    from harness.leaderboard import regenerate
+    from harness.pairs import adhoc_pair, get_pair
+    from harness.pipeline import RunOptions, check_writable
+    from harness.pipeline import run as run_pipeline
+
+    if (teacher is None) != (student is None):
+        raise BenchError("--teacher and --student go together: give both for an ad-hoc pair, or neither.")
+    if teacher and pair:
+        raise BenchError("Give either --pair or --teacher/--student, not both.")
+    the_pair = adhoc_pair(teacher, student) if teacher else get_pair(pair or "smollm2-135m")
+    overrides = _parse_assignments(budget_set, "--set")
+    if seed is not None:
+        overrides["seed"] = seed
+    budget = get_budget(budget_name).with_overrides(**overrides) if overrides else get_budget(budget_name)
+    method_options: dict[str, dict] = {}
+    for key, value in _parse_assignments(method_set, "--option").items():
+        method, dot, field = key.partition(".")
+        if not dot:
+            raise BenchError(f"--option {key!r} must name METHOD.FIELD, e.g. dpo.beta=0.05.")
+        method_options.setdefault(method, {})[field] = value
+    check_writable(leaderboard_dir)
+    opts = RunOptions(
+        methods=[m.strip() for m in methods.split(",") if m.strip()], pair=the_pair, budget=budget,
+        results_dir=results_dir, cache_dir=cache_dir or default_cache_dir(), data_dir=data_dir_from_env(data_dir),
+        dataset=dataset, run_name=run_name, method_options=method_options,
+        command="bench " + shlex.join(sys.argv[1:]),
+    )
+    run_dir = run_pipeline(opts)
+    written = regenerate(results_dir, leaderboard_dir)
+    click.echo(f"results: {run_dir}")
+    for path in written:
+        click.echo(f"leaderboard: {path}")
+
+
+@main.command()
+def methods():
+    """List registered methods."""
+    from harness.registry import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        vocab = "shared tokenizer" if cls.needs_shared_vocab else "any tokenizer"
+        needs = ", ".join(cls.needs) or "nothing from the teacher"
+        click.echo(f"{name:10s} {cls.description}")
+        click.echo(f"{'':10s} paper: {cls.paper}; needs: {needs}; {vocab}")
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
+        if fields:
+            click.echo(f"{'':10s} config: {fields}")
+
+
+@main.command()
+def pairs():
+    """List registered teacher/student pairs and the methods each can run."""
+    from harness.registry import PAIRS
+
+    for name, pair in sorted(PAIRS.items()):
+        click.echo(f"{name:14s} {pair.description}")
+        click.echo(f"{'':14s} teacher: {pair.teacher.describe()}")
+        click.echo(f"{'':14s} student: {pair.student.describe()}")
+        click.echo(f"{'':14s} shared vocabulary: {'yes' if pair.shared_vocab else 'no'}; "
+                   f"methods: {', '.join(sorted(pair.runnable_methods()))}")
+
+
+@main.command()
+def budgets():
+    """List budget presets."""
+    from harness.registry import BUDGETS
+
+    for name, b in sorted(BUDGETS.items()):
+        click.echo(f"{name:8s} {b.description}")
+        click.echo(f"{'':8s} {b.train_examples} pairs, seq {b.max_seq_len} (prompt {b.max_prompt_len}), "
+                   f"batch {b.batch_size} x accum {b.grad_accum}, {b.optimizer_steps} steps, lr {b.learning_rate:g} "
+                   f"{b.lr_schedule} (warm-up {b.warmup_ratio:g}), seed {b.seed}, {b.samples_per_prompt} sample(s)/prompt, "
+                   f"gen {b.gen_max_new_tokens} tokens, eval {b.eval_examples} rows / {b.gen_eval_examples} answers, "
+                   f"teacher top-{b.teacher_top_k}")
+
+
+@main.command()
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+def leaderboard(results_dir, leaderboard_dir):
+    """Regenerate leaderboards/ from results/ alone (no training, generation or judging)."""
+    from harness.leaderboard import regenerate
+    from harness.pipeline import check_writable
+
+    if not Path(results_dir).is_dir():
+        raise BenchError(f"No results folder at {results_dir}. Run `bench run` first or pass --results-dir.")
+    check_writable(leaderboard_dir)
+    written = regenerate(results_dir, leaderboard_dir)
+    if not written:
+        raise BenchError(f"{results_dir} holds no run records (results/<pair>/<run>/<row>/record.json).")
+    for path in written:
+        click.echo(f"leaderboard: {path}")

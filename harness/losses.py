@@ -1,0 +1,74 @@
+"""Shared loss arithmetic: log-probs of response tokens, teacher top-k buckets, divergences.
+
+Conventions (see shared/reference/methods.md, section 11): logits at position t predict the token at t+1, so
+every per-token quantity here is over ``logits[:, :-1]`` and ``labels[:, 1:]``. All of it runs in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.batch import IGNORE, Sequences
+
+
+def forward(model, seqs: Sequences) -> torch.Tensor:
+    """Logits aligned with the next token: [B, T-1, V], fp32."""
+    out = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False)
+    return out.logits[:, :-1].float()
+
+
+def response_mask(seqs: Sequences) -> torch.Tensor:
+    return seqs.labels[:, 1:] != IGNORE
+
+
+def token_logps(logits: torch.Tensor, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(response token) at each response position ([B, T-1], 0 elsewhere), and the mask."""
+    labels = seqs.labels[:, 1:]
+    mask = labels != IGNORE
+    safe = labels.clamp(min=0)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def sequence_logps(logits: torch.Tensor, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-prob per sequence [B] and response length [B]."""
+    logp, mask = token_logps(logits, seqs)
+    return logp.sum(-1), mask.sum(-1)
+
+
+def bucket_logps(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the given token ids and of the rest bucket (everything else), exactly.
+
+    The rest bucket's log-mass is a log-sum-exp over the tokens not in ``ids``, which stays finite where
+    ``1 - sum(p)`` would round to zero.
+    """
+    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+    picked = logits.gather(-1, ids) - logz
+    rest = torch.logsumexp(logits.scatter(-1, ids, float("-inf")), dim=-1) - logz.squeeze(-1)
+    return picked, rest
+
+
+def bucket_forward_kl(t_topk: torch.Tensor, t_rest: torch.Tensor, s_topk: torch.Tensor,
+                      s_rest: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) between the (k + 1)-bucket coarsenings, per position.
+
+    This is a lower bound on the full-vocabulary forward KL (the data-processing inequality), exact when the
+    teacher's mass outside its top-k is zero.
+    """
+    t = torch.cat([t_topk, t_rest.unsqueeze(-1)], dim=-1)
+    s = torch.cat([s_topk, s_rest.unsqueeze(-1)], dim=-1)
+    p = t.exp()
+    return torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
+
+
+def teacher_forward_kl(logits: torch.Tensor, seqs: Sequences, topk: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position bucket KL of the student's logits from a collated teacher top-k signal; [B, T-1] and mask."""
+    mask = response_mask(seqs)
+    s_topk, s_rest = bucket_logps(logits, topk["ids"])
+    kl = bucket_forward_kl(topk["logps"], topk["rest"], s_topk, s_rest)
+    return kl * mask, mask
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.logsigmoid(x)

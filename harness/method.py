@@ -1,0 +1,61 @@
+"""What a method is: a config dataclass, a declaration of the signals it needs, and a loss.
+
+A method never fetches a teacher signal itself: it names what it needs in ``needs`` and finds it, collated
+for the micro-batch, in ``batch.signals``. The pipeline prepares each needed signal once for every method
+of a run (see harness/signals.py).
+
+Losses return *sums* with the count they are to be divided by; the trainer divides by that count summed
+over the whole optimizer step (and all processes). Batch 4 x accumulation 1 and batch 1 x accumulation 4
+therefore give the same gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from harness.batch import Batch
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method config; subclasses add documented fields and validate in __post_init__."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Term:
+    name: str
+    total: torch.Tensor  # a sum over the micro-batch, weights already applied
+    per: str  # the count it is normalised by: "pairs", "chosen_tokens" or "rejected_tokens"
+
+
+@dataclass
+class LossOutput:
+    terms: list[Term]
+    student_tokens: int  # tokens forwarded through the student (prompt included), for compute accounting
+    stats: dict[str, float] = field(default_factory=dict)  # extra per-micro-batch figures to log (means)
+
+
+class Method:
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+    needs: ClassVar[tuple[str, ...]] = ()  # signal names, e.g. "teacher_topk:chosen", "reference_logps"
+    needs_shared_vocab: ClassVar[bool] = False
+    registered_name: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def name(self) -> str:
+        return self.registered_name
+
+    def loss(self, model, batch: Batch) -> LossOutput:
+        raise NotImplementedError

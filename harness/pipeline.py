@@ -1,0 +1,391 @@
+"""One run, start to finish: data -> student init -> signals -> train each method -> evaluate -> record.
+
+Each stage's output is cached under a key that hashes everything it depends on (harness/cache.py), so running
+the same command again skips finished work, and adding a method to a finished run trains only that method.
+Models are loaded only when a stage that needs them has to be computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import harness
+from harness.budgets import Budget
+from harness.cache import StageCache, stable_hash, write_json_atomic
+from harness.data import (
+    EncodeStats,
+    encode,
+    ensure_chat_template,
+    load_splits,
+    resolve_source,
+)
+from harness.errors import BenchError
+from harness.evaluate import evaluate
+from harness.models import count_parameters, load_model, load_tokenizer
+from harness.pairs import Pair
+from harness.registry import METHODS
+from harness.signals import (
+    compute_sequence_logps,
+    compute_topk,
+    load_signal,
+    parse_signal,
+    save_signal,
+)
+from harness.trainer import train
+
+REFERENCE_ROWS = ("teacher", "student-init")
+
+
+def say(message: str) -> None:
+    tqdm.write(f"[bench] {message}", file=sys.stderr)
+
+
+@dataclass
+class RunOptions:
+    methods: list[str]
+    pair: Pair
+    budget: Budget
+    results_dir: Path
+    cache_dir: Path
+    data_dir: Path | None = None
+    dataset: str | None = None
+    run_name: str | None = None
+    method_options: dict[str, dict] = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def seed(self) -> int:
+        return self.budget.seed
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.budget.name}-seed{self.seed}"
+
+
+def check_writable(folder: Path) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise BenchError(f"Cannot write to {folder} ({probe} is not writable). Choose another folder with "
+                         "--results-dir/--leaderboard-dir/--cache-dir or fix its permissions.")
+
+
+def build_methods(opts: RunOptions) -> dict:
+    if not opts.methods:
+        raise BenchError("No methods given. Pass --methods, e.g. --methods sft,kd,dckd,dpo (see `bench methods`).")
+    clash = [m for m in opts.methods if m in REFERENCE_ROWS]
+    if clash:
+        raise BenchError(f"{', '.join(clash)} names a reference row, not a method.")
+    out = {}
+    for name in dict.fromkeys(opts.methods):
+        cls = METHODS.get(name)
+        try:
+            config = cls.Config(**opts.method_options.get(name, {}))
+        except TypeError as e:
+            raise BenchError(f"{name}: bad option ({e}). Its config fields are documented in `bench methods`.") from None
+        out[name] = cls(config)
+    unknown = set(opts.method_options) - set(out)
+    if unknown:
+        raise BenchError(f"Options given for method(s) not in this run: {', '.join(sorted(unknown))}.")
+    opts.pair.check_methods(list(out))
+    return out
+
+
+def environment() -> dict:
+    import accelerate
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "bench": harness.__version__, "platform": platform.platform(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
+
+
+def git_revision() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class Run:
+    """Holds what the stages share; loads models lazily."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.budget = opts.budget
+        self.pair = opts.pair
+        self.cache = StageCache(opts.cache_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._teacher = None
+        self.stage_times: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ data
+    def prepare_data(self) -> None:
+        b = self.budget
+        dataset = self.opts.dataset or self.pair.dataset
+        source = resolve_source(dataset, self.opts.data_dir)
+        say(f"data: {dataset} from {source.location}")
+        splits = load_splits(source, b.train_examples, b.eval_examples, b.seed)
+        self.tokenizer = load_tokenizer(self.pair.student)
+        teacher_tok = load_tokenizer(self.pair.teacher) if self.pair.teacher != self.pair.student else None
+        template = ensure_chat_template(self.tokenizer, fallback_from=teacher_tok)
+        self.train_examples, self.test_examples = splits.train, splits.test
+        self.train_stats, self.test_stats = EncodeStats(), EncodeStats()
+        self.train_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, self.train_stats)
+                           for ex in tqdm(splits.train, desc="encode train", leave=False)]
+        self.test_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, self.test_stats)
+                          for ex in tqdm(splits.test, desc="encode test", leave=False)]
+        self.data_info = {
+            "dataset": dataset, "source": source.kind, "location": source.location, "fingerprint": source.fingerprint,
+            "train_rows": len(self.train_rows), "test_rows": len(self.test_rows),
+            "train_dropped_for_leakage": splits.dropped_for_leakage, "dropped_empty_reply": splits.dropped_empty,
+            "truncation": {"train": vars(self.train_stats), "test": vars(self.test_stats)},
+        }
+        self.data_key = stable_hash({
+            "bench": harness.__version__, "fingerprint": source.fingerprint, "seed": b.seed,
+            "n": [b.train_examples, b.eval_examples], "lens": [b.max_seq_len, b.max_prompt_len],
+            "template": stable_hash(template), "tokenizer": self.pair.student.identity(),
+        })
+
+    # ------------------------------------------------------------------ models
+    def teacher(self):
+        if self._teacher is None:
+            say(f"loading teacher {self.pair.teacher.describe()}")
+            self._teacher = load_model(self.pair.teacher).to(self.device)
+        return self._teacher
+
+    def student_init_key(self) -> str:
+        b = self.budget
+        warm = {"steps": b.warmstart_steps, "data": self.data_key, "budget": b.to_dict()} if b.warmstart_steps else None
+        return stable_hash({"student": self.pair.student.identity(), "warmstart": warm})
+
+    def load_student_init(self):
+        """A fresh copy of the starting student: the pair's student, or its shared SFT warm-start."""
+        if not self.budget.warmstart_steps:
+            return load_model(self.pair.student).to(self.device)
+        key = self.student_init_key()
+        if not self.cache.has("warmstart", key):
+            from methods.sft import SFT
+
+            say(f"warm-start: SFT of the student for {self.budget.warmstart_steps} steps (shared by all methods)")
+            warm_budget = self.budget.with_overrides(max_steps=self.budget.warmstart_steps)
+            model = load_model(self.pair.student).to(self.device)
+            sft = SFT()
+            sft.registered_name = "warmstart"
+            result = train(sft, model, self.train_rows, {}, warm_budget, self.tokenizer.pad_token_id,
+                           self.budget.seed + 7919, desc="warm-start")
+            with self.cache.build("warmstart", key) as out:
+                model.save_pretrained(out / "checkpoint", safe_serialization=True)
+                write_json_atomic(out / "train.json", vars(result))
+        model = load_model_from(self.cache.path("warmstart", key) / "checkpoint")
+        return model.to(self.device)
+
+    # ------------------------------------------------------------------ signals
+    def signal_key(self, name: str, split: str) -> str:
+        spec = parse_signal(name)
+        producer = self.pair.teacher.identity() if spec.source == "teacher" else self.student_init_key()
+        return stable_hash({"signal": name, "split": split, "producer": producer, "data": self.data_key,
+                            "k": self.budget.teacher_top_k if spec.kind == "topk" else None})
+
+    def signal(self, name: str, split: str) -> tuple[dict, dict]:
+        key = self.signal_key(name, split)
+        if not self.cache.has("signals", key):
+            spec = parse_signal(name)
+            rows = self.train_rows if split == "train" else self.test_rows
+            t0 = time.perf_counter()
+            desc = f"signal {name} ({split})"
+            if spec.kind == "topk":
+                model = self.teacher()
+                data, tokens = compute_topk(model, rows, spec.side, self.budget.teacher_top_k,
+                                            self.tokenizer.pad_token_id, len(self.tokenizer), desc)
+                params = count_parameters(model)["matmul"]
+            else:
+                model = self.load_student_init()
+                data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
+                params = count_parameters(model)["matmul"]
+                del model
+            info = {"name": name, "split": split, "forward_tokens": tokens, "model_params": params,
+                    "flops": 2 * params * tokens, "wall_clock_s": time.perf_counter() - t0}
+            with self.cache.build("signals", key) as out:
+                save_signal(data, out)
+                write_json_atomic(out / "info.json", info)
+            say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
+        folder = self.cache.path("signals", key)
+        return load_signal(folder), json.loads((folder / "info.json").read_text())
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_key(self, model_key: str) -> str:
+        b = self.budget
+        return stable_hash({"model": model_key, "data": self.data_key, "k": b.teacher_top_k,
+                            "gen": [b.gen_eval_examples, b.gen_max_new_tokens], "bench": harness.__version__})
+
+    def evaluate(self, model, model_key: str, label: str) -> dict:
+        key = self.eval_key(model_key)
+        if not self.cache.has("eval", key):
+            topk, _ = self.signal("teacher_topk:chosen", "test")
+            t0 = time.perf_counter()
+            metrics, per_example, answers = evaluate(
+                model(), self.tokenizer, self.test_rows, self.test_examples, topk, self.budget.gen_eval_examples,
+                self.budget.gen_max_new_tokens, self.budget.max_prompt_len, desc=f"eval {label}")
+            info = {"metrics": metrics, "wall_clock_s": time.perf_counter() - t0,
+                    "generated_tokens": sum(a["n_tokens"] for a in answers)}
+            with self.cache.build("eval", key) as out:
+                write_json_atomic(out / "eval.json", info)
+                _write_jsonl(out / "per_example.jsonl", per_example)
+                _write_jsonl(out / "answers.jsonl", answers)
+            say(f"eval {label}: " + ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics.items()))
+        return {"folder": self.cache.path("eval", key), "key": key,
+                **json.loads((self.cache.path("eval", key) / "eval.json").read_text())}
+
+    # ------------------------------------------------------------------ one method
+    def train_key(self, name: str, method, signal_keys: dict) -> str:
+        return stable_hash({"method": name, "config": method.config.to_dict(), "budget": self.budget.to_dict(),
+                            "init": self.student_init_key(), "data": self.data_key, "signals": signal_keys,
+                            "bench": harness.__version__})
+
+    def run_method(self, name: str, method) -> dict:
+        signal_keys = {s: self.signal_key(s, "train") for s in method.needs}
+        key = self.train_key(name, method, signal_keys)
+        trained = {}
+        have_train = self.cache.has("train", key)
+        have_ckpt = have_train and (self.cache.path("train", key) / "checkpoint").exists()
+        if not (have_train and self.cache.has("eval", self.eval_key(key))) and not have_ckpt:
+            signals, signal_info = {}, {}
+            for s in method.needs:
+                signals[s], signal_info[s] = self.signal(s, "train")
+            say(f"train {name}: {self.budget.optimizer_steps} steps of {self.budget.examples_per_step} pairs")
+            model = self.load_student_init()
+            params = count_parameters(model)["matmul"]
+            result = train(method, model, self.train_rows, signals, self.budget, self.tokenizer.pad_token_id,
+                           self.budget.seed, desc=f"train {name}")
+            trained["model"] = model
+            info = {"loss_curve": result.loss_curve, "optimizer_steps": result.optimizer_steps,
+                    "student_tokens": result.student_tokens, "wall_clock_s": result.wall_clock_s,
+                    "student_params": params, "signals": signal_info, "git_revision": git_revision(),
+                    "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if not have_train:
+                with self.cache.build("train", key) as out:
+                    if self.budget.save_checkpoints:
+                        model.save_pretrained(out / "checkpoint", safe_serialization=True)
+                    write_json_atomic(out / "train.json", info)
+            say(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+
+        def model_fn():
+            if "model" not in trained:
+                trained["model"] = load_model_from(self.cache.path("train", key) / "checkpoint").to(self.device)
+            return trained["model"]
+
+        evaluation = self.evaluate(model_fn, key, name)
+        info = json.loads((self.cache.path("train", key) / "train.json").read_text())
+        return {"train_key": key, "train": info, "eval": evaluation}
+
+
+def load_model_from(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    model.eval()
+    return model
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def compute_record(train_info: dict) -> dict:
+    teacher_tokens = sum(s["forward_tokens"] for s in train_info["signals"].values()
+                         if s["name"].startswith("teacher"))
+    ref_tokens = sum(s["forward_tokens"] for s in train_info["signals"].values()
+                     if not s["name"].startswith("teacher"))
+    signal_flops = sum(s["flops"] for s in train_info["signals"].values())
+    return {
+        "optimizer_steps": train_info["optimizer_steps"],
+        "student_tokens_trained": train_info["student_tokens"],
+        "teacher_forward_tokens": teacher_tokens,
+        "reference_forward_tokens": ref_tokens,
+        "generated_tokens": 0,
+        "wall_clock_s": round(train_info["wall_clock_s"], 2),
+        # 6N per trained token (forward + backward), 2N per forward-only token; N counts matmul parameters.
+        "flops_estimate": 6 * train_info["student_params"] * train_info["student_tokens"] + signal_flops,
+        "signals_shared": sorted(train_info["signals"]),
+    }
+
+
+def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_curve: list[dict] | None) -> None:
+    folder = run_dir / row
+    record = {**record, "metrics": evaluation["metrics"],
+              "evaluation": {"wall_clock_s": round(evaluation["wall_clock_s"], 2),
+                             "generated_tokens": evaluation["generated_tokens"], "stage_key": evaluation["key"]}}
+    write_json_atomic(folder / "record.json", record)
+    write_json_atomic(folder / "metrics.json", evaluation["metrics"])
+    for name in ("per_example.jsonl", "answers.jsonl"):
+        (folder / name).write_text((evaluation["folder"] / name).read_text())
+    if loss_curve:
+        keys = sorted({k for row_ in loss_curve for k in row_}, key=lambda k: (k != "step", k))
+        lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in loss_curve]
+        (folder / "loss_curve.csv").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def run(opts: RunOptions) -> Path:
+    """Execute a run; returns its results folder."""
+    t_start = time.perf_counter()
+    methods = build_methods(opts)
+    for folder in (opts.results_dir, opts.cache_dir):
+        check_writable(folder)
+    r = Run(opts)
+    r.prepare_data()
+    run_dir = opts.results_dir / opts.pair.name / opts.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    common = {"pair": opts.pair.to_dict(), "budget": opts.budget.to_dict(), "seed": opts.seed, "run": opts.name,
+              "data": r.data_info, "environment": environment()}
+
+    for i, (name, method) in enumerate(methods.items(), 1):
+        say(f"method {i}/{len(methods)}: {name}")
+        out = r.run_method(name, method)
+        record = {**common, "row": name, "kind": "method", "method": name,
+                  "config": method.config.to_dict(), "needs": list(method.needs),
+                  "compute": compute_record(out["train"]), "train_stage_key": out["train_key"],
+                  "git_revision": out["train"]["git_revision"], "computed_at": out["train"]["computed_at"]}
+        write_record(run_dir, name, record, out["eval"], out["train"]["loss_curve"])
+
+    say("reference rows: teacher and untrained student")
+    teacher_eval = r.evaluate(r.teacher, stable_hash(opts.pair.teacher.identity()), "teacher")
+    write_record(run_dir, "teacher", {**common, "row": "teacher", "kind": "reference",
+                                      "model": opts.pair.teacher.describe()}, teacher_eval, None)
+    init = {}
+
+    def student_init():
+        if "m" not in init:
+            init["m"] = r.load_student_init()
+        return init["m"]
+
+    student_eval = r.evaluate(student_init, r.student_init_key(), "student-init")
+    write_record(run_dir, "student-init", {**common, "row": "student-init", "kind": "reference",
+                                           "model": opts.pair.student.describe(),
+                                           "warmstart_steps": opts.budget.warmstart_steps}, student_eval, None)
+    say(f"run finished in {time.perf_counter() - t_start:.0f}s; results in {run_dir}")
+    return run_dir

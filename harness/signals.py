@@ -1,0 +1,128 @@
+"""Teacher and reference signals, computed once per run and shared by every method that names them.
+
+A method declares what it consumes (``needs``); here is where each of those comes from. Today:
+
+- ``teacher_topk:<side>`` — the teacher's top-k log-probs and the log-mass of the rest, at every response
+  position of the chosen or rejected response (teacher-forced on the data set's text);
+- ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses.
+
+Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from harness.batch import IGNORE, Sequences, collate
+from harness.data import Encoded
+from harness.errors import BenchError
+from harness.losses import sequence_logps
+
+SIGNAL_BATCH = 8
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    source: str  # the model that produces it: "teacher" or "student_init"
+    kind: str  # "topk" or "sequence_logps"
+    side: str | None = None
+
+
+def parse_signal(name: str) -> SignalSpec:
+    if name == "reference_logps":
+        return SignalSpec(name, "student_init", "sequence_logps")
+    kind, _, side = name.partition(":")
+    if kind == "teacher_topk" and side in ("chosen", "rejected"):
+        return SignalSpec(name, "teacher", "topk", side)
+    raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps.")
+
+
+def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
+    for start in range(0, len(rows), size):
+        idx = list(range(start, min(start + size, len(rows))))
+        yield collate([rows[i] for i in idx], idx, pad_id)
+
+
+@torch.no_grad()
+def compute_topk(model, rows: list[Encoded], side: str, k: int, pad_id: int, vocab_limit: int,
+                 desc: str) -> tuple[dict, int]:
+    """Teacher top-k over ids < vocab_limit (the student's vocabulary) plus an exact rest bucket."""
+    ids_out, logps_out, rest_out, offsets, tokens = [], [], [], [0], 0
+    device = next(model.parameters()).device
+    for batch in tqdm(list(_batches(rows, pad_id)), desc=desc, unit="batch", leave=False):
+        seqs: Sequences = getattr(batch, side).to(device)
+        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+        tokens += seqs.n_tokens
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        mask = seqs.labels[:, 1:] != IGNORE
+        for b in range(logp.shape[0]):
+            lp = logp[b][mask[b]]  # [R, V_teacher]
+            selectable = lp[:, :vocab_limit]
+            top_v, top_i = selectable.topk(min(k, vocab_limit), dim=-1)
+            rest = torch.logsumexp(lp.scatter(-1, top_i, float("-inf")), dim=-1)
+            ids_out.append(top_i.to(torch.int32).cpu())
+            logps_out.append(top_v.cpu())
+            rest_out.append(rest.cpu())
+            offsets.append(offsets[-1] + lp.shape[0])
+    data = {"ids": torch.cat(ids_out), "logps": torch.cat(logps_out), "rest": torch.cat(rest_out),
+            "offsets": torch.tensor(offsets, dtype=torch.int64)}
+    return data, tokens
+
+
+@torch.no_grad()
+def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -> tuple[dict, int]:
+    out, tokens = [], 0
+    device = next(model.parameters()).device
+    for batch in tqdm(list(_batches(rows, pad_id)), desc=desc, unit="batch", leave=False):
+        pair = []
+        for seqs in (batch.chosen.to(device), batch.rejected.to(device)):
+            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+            tokens += seqs.n_tokens
+            pair.append(sequence_logps(logits[:, :-1].float(), seqs)[0].cpu())
+        out.append(torch.stack(pair, dim=-1))
+    return {"logps": torch.cat(out)}, tokens
+
+
+def save_signal(data: dict, folder: Path) -> None:
+    save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "signal.safetensors"))
+
+
+def load_signal(folder: Path) -> dict:
+    return load_file(str(folder / "signal.safetensors"))
+
+
+def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
+    """Place each example's stored rows at its response positions of the padded micro-batch: [B, T-1, k]."""
+    b, t = seqs.input_ids.shape[0], seqs.input_ids.shape[1] - 1
+    k = data["ids"].shape[1]
+    ids = torch.zeros((b, t, k), dtype=torch.long)
+    logps = torch.zeros((b, t, k))
+    rest = torch.zeros((b, t))
+    mask = seqs.labels[:, 1:] != IGNORE
+    for row, i in enumerate(index):
+        lo, hi = int(data["offsets"][i]), int(data["offsets"][i + 1])
+        pos = mask[row].nonzero().squeeze(-1)
+        if len(pos) != hi - lo:
+            raise BenchError(f"Cached teacher signal for example {i} covers {hi - lo} tokens but the batch has "
+                             f"{len(pos)}; the cache does not match this tokenisation. Delete the cache folder.")
+        ids[row, pos] = data["ids"][lo:hi].long()
+        logps[row, pos] = data["logps"][lo:hi]
+        rest[row, pos] = data["rest"][lo:hi]
+    return {"ids": ids, "logps": logps, "rest": rest}
+
+
+def collate_signals(signals: dict[str, dict], batch) -> dict:
+    out = {}
+    for name, data in signals.items():
+        spec = parse_signal(name)
+        if spec.kind == "topk":
+            out[name] = collate_topk(data, batch.index, getattr(batch, spec.side))
+        else:
+            out[name] = data["logps"][batch.index]
+    return out

@@ -1,0 +1,78 @@
+"""DCKD (Gao et al., arXiv 2502.17927): KD with two KL constraints from the aligned teacher to the student,
+one on the chosen and one on the rejected response of each preference pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import BenchError
+from harness.losses import bucket_forward_kl, bucket_logps, forward, response_mask, token_logps
+from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.registry import register_method
+
+
+@dataclass
+class DCKDConfig(MethodConfig):
+    """Paper form by default: KL(pi_dpo || pi_theta) on the chosen plus on the rejected response, equal weights.
+
+    chosen_weight, rejected_weight: the two constraints' weights (the official code's ``chosen_distil_weight``
+        and ``rejected_distil_weight``; its recipes are missing, its vanilla-KD recipe uses 0.1 and 0).
+    sft_weight: an optional NLL term on the chosen response (the code's ``sft_on_chosen``); 0 in the paper form.
+    official_clamp: reproduce the official code's probability clamps: both bucket distributions clamped to
+        [1e-8, 1 - 1e-8] and the student's floored at 1e-7 before the log. Off by default: the paper's KL is
+        exact, and so is ours (the rest bucket's mass is a log-sum-exp, never 1 - sum(p) rounded to 0).
+
+    Each side's KL is a token mean over that side's response tokens in the optimizer step. (The official code
+    takes the token mean per micro-batch, which weights micro-batches equally whatever their token counts.)
+    The teacher is the pair's aligned teacher; the distributions are its cached top-k plus a rest bucket.
+    """
+
+    chosen_weight: float = 1.0
+    rejected_weight: float = 1.0
+    sft_weight: float = 0.0
+    official_clamp: bool = False
+
+    def __post_init__(self):
+        for name in ("chosen_weight", "rejected_weight", "sft_weight"):
+            if getattr(self, name) < 0:
+                raise BenchError(f"dckd: {name} cannot be negative, got {getattr(self, name)}.")
+        if self.chosen_weight == 0 and self.rejected_weight == 0:
+            raise BenchError("dckd: chosen_weight and rejected_weight are both 0, so there is no distillation term.")
+
+
+def official_bucket_kl(t_topk, t_rest, s_topk, s_rest) -> torch.Tensor:
+    """The official code's FKL51: probabilities clamped to [1e-8, 1-1e-8], student floored at 1e-7."""
+    t = torch.cat([t_topk, t_rest.unsqueeze(-1)], -1).exp().clamp(1e-8, 1 - 1e-8)
+    s = torch.cat([s_topk, s_rest.unsqueeze(-1)], -1).exp().clamp(1e-8, 1 - 1e-8).clamp(min=1e-7)
+    return (t * (t.log() - s.log())).sum(-1)
+
+
+@register_method("dckd")
+class DCKD(Method):
+    description = "KL(aligned teacher || student) on both the chosen and the rejected response."
+    paper = "Gao et al. 2025 (ICLR), arXiv 2502.17927"
+    Config = DCKDConfig
+    needs = ("teacher_topk:chosen", "teacher_topk:rejected")
+    needs_shared_vocab = True
+
+    def loss(self, model, batch):
+        cfg = self.config
+        kl_fn = official_bucket_kl if cfg.official_clamp else bucket_forward_kl
+        terms, tokens = [], 0
+        sides = (("chosen", batch.chosen, cfg.chosen_weight), ("rejected", batch.rejected, cfg.rejected_weight))
+        for side, seqs, weight in sides:
+            if weight == 0 and not (side == "chosen" and cfg.sft_weight > 0):
+                continue
+            logits = forward(model, seqs)
+            tokens += seqs.n_tokens
+            if weight > 0:
+                topk = batch.signals[f"teacher_topk:{side}"]
+                s_topk, s_rest = bucket_logps(logits, topk["ids"])
+                kl = kl_fn(topk["logps"], topk["rest"], s_topk, s_rest) * response_mask(seqs)
+                terms.append(Term(f"kl_{side}", weight * kl.sum(), f"{side}_tokens"))
+            if side == "chosen" and cfg.sft_weight > 0:
+                logp, _ = token_logps(logits, seqs)
+                terms.append(Term("nll", -cfg.sft_weight * logp.sum(), "chosen_tokens"))
+        return LossOutput(terms, student_tokens=tokens)

@@ -1,0 +1,51 @@
+"""DPO (Rafailov et al. 2023) on the data set's preference pairs, with the initial student as reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.errors import BenchError
+from harness.losses import forward, log_sigmoid, sequence_logps
+from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.registry import register_method
+
+
+@dataclass
+class DPOConfig(MethodConfig):
+    """beta: scale of the log-ratio (TRL's default 0.1; ADPA's teacher DPO uses 0.01).
+    label_smoothing: conservative DPO's epsilon (0 = plain DPO).
+
+    Log-probs are summed over response tokens. The reference log-probs are those of the frozen initial
+    student, computed once per run (TRL's ``precompute_ref_log_probs``) and shared by every method needing them.
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise BenchError(f"dpo: beta must be positive, got {self.beta}.")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise BenchError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+
+
+@register_method("dpo")
+class DPO(Method):
+    description = "Direct preference optimisation on chosen/rejected pairs, reference = initial student."
+    paper = "Rafailov et al. 2023, arXiv 2305.18290"
+    Config = DPOConfig
+    needs = ("reference_logps",)
+
+    def loss(self, model, batch):
+        pc, _ = sequence_logps(forward(model, batch.chosen), batch.chosen)
+        pr, _ = sequence_logps(forward(model, batch.rejected), batch.rejected)
+        ref = batch.signals["reference_logps"]  # [B, 2]: chosen, rejected
+        h = self.config.beta * ((pc - ref[:, 0]) - (pr - ref[:, 1]))
+        eps = self.config.label_smoothing
+        losses = -(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h)
+        return LossOutput(
+            [Term("dpo", losses.sum(), "pairs")],
+            student_tokens=batch.chosen.n_tokens + batch.rejected.n_tokens,
+            stats={"reward_accuracy": float((h > 0).float().mean()),
+                   "reward_margin": float(h.detach().mean()) / self.config.beta},
+        )
