@@ -167,3 +167,7 @@ def leaderboard(results_dir, leaderboard_dir):
         raise BenchError(f"{results_dir} holds no run records (results/<pair>/<run>/<row>/record.json).")
     for path in written:
         click.echo(f"leaderboard: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -240,9 +240,10 @@ def _fingerprint(paths: list[Path]) -> str:
 
 def load_split(source: DataSource, split: str) -> list[PreferenceExample]:
     if source.kind == "local-dir":
-        if split in source.files:
+        if "test" in source.files:
             return read_local_file(Path(source.files[split]))
-        # No test file: hold out a deterministic slice of train, by content hash so it is stable.
+        # No test file: hold out a deterministic slice of train, by content hash so it is stable; the train
+        # split is the rest (not the whole file, which would hand the held-out rows to training too).
         return _hash_split(read_local_file(Path(source.files["train"])), split)
     if source.kind == "local-file":
         return _hash_split(read_local_file(Path(source.location)), split)

@@ -74,12 +74,15 @@ class RunOptions:
 
 
 def check_writable(folder: Path) -> None:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise BenchError(f"Cannot write to {folder} ({probe} is not writable). Choose another folder with "
-                         "--results-dir/--leaderboard-dir/--cache-dir or fix its permissions.")
+    """Fail before any work starts, rather than after an hour of training, if results cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bench-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"Cannot write to {folder}: {e.strerror or e}. Choose another folder with "
+                         "--results-dir / --leaderboard-dir / --cache-dir, or fix its permissions.") from None
 
 
 def build_methods(opts: RunOptions) -> dict:

