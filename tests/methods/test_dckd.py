@@ -4,95 +4,29 @@ response (+ optional NLL), the official code's clamps, and config validation."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from harness.batch import collate
-from harness.data import Encoded
 from harness.errors import BenchError
 from harness.losses import bucket_forward_kl
-from harness.signals import collate_topk
 from methods.dckd import DCKD, DCKDConfig, official_bucket_kl
+from tests.methods.helpers import (
+    ROWS,
+    STUDENT,
+    TokenLM,
+    bucket_kl,
+    clamp,
+    normalised,
+    sgd_step,
+    softmax,
+    topk_batch,
+    transitions,
+)
 
-V, K = 5, 2
-# Student: logits(next | current token c) = STUDENT[c]; the teacher likewise with TEACHER.
-STUDENT = [
-    [0.5, -1.0, 2.0, 0.0, 1.0],
-    [1.5, 0.2, -0.3, 0.7, -2.0],
-    [0.0, 1.0, 0.0, -1.0, 0.5],
-    [-0.5, 0.3, 1.2, 0.1, 0.0],
-    [2.0, -0.7, 0.4, 0.9, -1.1],
-]
-TEACHER = [
-    [1.0, 0.0, -1.0, 2.5, 0.3],
-    [0.0, 2.0, 1.0, -0.5, 0.4],
-    [3.0, -1.0, 0.5, 0.2, 0.0],
-    [0.1, 0.2, 0.3, 2.0, -2.0],
-    [-1.0, 1.5, 0.0, 0.0, 2.2],
-]
 # After token 3 the teacher's favourite is token 3; this student gives it about e^-20 (below both clamps).
 STUDENT_BINDING = [row[:] for row in STUDENT]
 STUDENT_BINDING[3] = [8.0, 0.0, 0.0, -12.0, 0.0]
-ROWS = [Encoded([1, 2], [3, 4, 0], [2, 2]), Encoded([4], [1], [0, 3, 3, 1])]
-
-
-class TokenLM(torch.nn.Module):
-    def __init__(self, table):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float32))
-
-    def forward(self, input_ids, attention_mask=None, use_cache=None):
-        return SimpleNamespace(logits=self.table[input_ids])
-
-
-def softmax(row):
-    z = sum(math.exp(x) for x in row)
-    return [math.exp(x) / z for x in row]
-
-
-def teacher_topk(prev):
-    p = softmax(TEACHER[prev])
-    ids = sorted(range(V), key=lambda v: -p[v])[:K]
-    return ids, [p[v] for v in ids], 1.0 - sum(p[v] for v in ids)
-
-
-def transitions(rows, side):
-    out = []
-    for r in rows:
-        seq = r.prompt_ids + getattr(r, side)
-        out += [(seq[i - 1], seq[i]) for i in range(len(r.prompt_ids), len(seq))]
-    return out
-
-
-def stored_signal(rows, side):
-    ids, logps, rest, offsets = [], [], [], [0]
-    for r in rows:
-        seq = r.prompt_ids + getattr(r, side)
-        for i in range(len(r.prompt_ids), len(seq)):
-            top, p, pr = teacher_topk(seq[i - 1])
-            ids.append(top)
-            logps.append([math.log(x) for x in p])
-            rest.append(math.log(pr))
-        offsets.append(len(ids))
-    return {"ids": torch.tensor(ids, dtype=torch.int32), "logps": torch.tensor(logps),
-            "rest": torch.tensor(rest), "offsets": torch.tensor(offsets, dtype=torch.int64)}
-
-
-def clamp(x, lo, hi):
-    return min(max(x, lo), hi)
-
-
-def bucket_kl(prev, student, official=False):
-    ids, p_top, p_rest = teacher_topk(prev)
-    q = softmax(student[prev])
-    q_top = [q[v] for v in ids]
-    p_b, q_b = p_top + [p_rest], q_top + [1.0 - sum(q_top)]
-    if official:
-        p_b = [clamp(x, 1e-8, 1 - 1e-8) for x in p_b]
-        q_b = [max(clamp(x, 1e-8, 1 - 1e-8), 1e-7) for x in q_b]
-    return sum(a * math.log(a / b) for a, b in zip(p_b, q_b))
 
 
 def side_kl(side, student=STUDENT, official=False):
@@ -100,20 +34,11 @@ def side_kl(side, student=STUDENT, official=False):
 
 
 def make_batch(rows=ROWS):
-    batch = collate(rows, list(range(len(rows))), pad_id=0)
-    for side, field in (("chosen", "chosen_ids"), ("rejected", "rejected_ids")):
-        batch.signals[f"teacher_topk:{side}"] = collate_topk(stored_signal(rows, field), batch.index,
-                                                             getattr(batch, side))
-    return batch
+    return topk_batch(rows, sides=("chosen", "rejected"))
 
 
 def terms_of(out):
     return {t.name: (float(t.total.detach()), t.per) for t in out.terms}
-
-
-def normalised(out, batch):
-    counts = batch.counts()
-    return sum(t.total / counts[t.per] for t in out.terms)
 
 
 def test_dckd_default_is_kl_on_both_sides():
@@ -206,8 +131,7 @@ def test_dckd_sgd_step_lowers_the_loss():
     method = DCKD(DCKDConfig(chosen_weight=1.0, rejected_weight=0.5, sft_weight=0.2))
     before = normalised(method.loss(model, batch), batch)
     before.backward()
-    with torch.no_grad():
-        model.table -= 0.5 * model.table.grad
+    sgd_step(model)
     after = normalised(method.loss(model, batch), batch)
     assert float(after.detach()) < float(before.detach()) - 1e-3
 

@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from harness.batch import collate
-from harness.data import Encoded
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps
 from methods.dpo import DPO, DPOConfig
+from tests.methods.helpers import ROWS, TokenLM, collated, response_logps, sgd_step
+from tests.methods.helpers import STUDENT as TABLE
 
-# logits(next | current token c) = TABLE[c]
-TABLE = [
-    [0.5, -1.0, 2.0, 0.0, 1.0],
-    [1.5, 0.2, -0.3, 0.7, -2.0],
-    [0.0, 1.0, 0.0, -1.0, 0.5],
-    [-0.5, 0.3, 1.2, 0.1, 0.0],
-    [2.0, -0.7, 0.4, 0.9, -1.1],
-]
-ROWS = [Encoded([1, 2], [3, 4, 0], [2, 2]), Encoded([4], [1], [0, 3, 3, 1])]
 REF = [[-5.0, -3.0], [-2.5, -9.0]]  # reference (chosen, rejected) summed log-probs per pair
 
 
-class TokenLM(torch.nn.Module):
-    def __init__(self, table):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float32))
-
-    def forward(self, input_ids, attention_mask=None, use_cache=None):
-        return SimpleNamespace(logits=self.table[input_ids])
-
-
-def log_softmax(row):
-    z = math.log(sum(math.exp(x) for x in row))
-    return [x - z for x in row]
-
-
 def seq_logp(prompt, response):
-    seq = prompt + response
-    return sum(log_softmax(TABLE[seq[i - 1]])[seq[i]] for i in range(len(prompt), len(seq)))
+    return sum(response_logps(prompt, response, TABLE))
 
 
 def log_sigmoid(x):
@@ -50,7 +25,7 @@ def log_sigmoid(x):
 
 
 def make_batch(rows=ROWS, ref=REF):
-    batch = collate(rows, list(range(len(rows))), pad_id=0)
+    batch = collated(rows)
     batch.signals["reference_logps"] = torch.tensor(ref)
     return batch
 
@@ -106,8 +81,7 @@ def test_dpo_sgd_step_lowers_the_loss_and_raises_the_margin():
     margin_before = margin()
     before = method.loss(model, batch).terms[0].total
     before.backward()
-    with torch.no_grad():
-        model.table -= 0.5 * model.table.grad
+    sgd_step(model)
     after = method.loss(model, batch).terms[0].total
     assert float(after.detach()) < float(before.detach()) - 1e-3
     assert margin() > margin_before + 1e-3
