@@ -119,8 +119,9 @@ def git_revision() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        # "dirty" only where the code that computes results differs from the revision (not docs or tests).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "harness", "methods", "pyproject.toml"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if rev.returncode != 0:
