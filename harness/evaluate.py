@@ -24,6 +24,7 @@ from harness.data import Encoded, PreferenceExample
 from harness.generation import generate
 from harness.losses import forward, teacher_forward_kl, token_logps
 from harness.signals import collate_topk
+from harness.stats import ROW_METRICS
 
 EVAL_BATCH = 8
 
@@ -81,7 +82,7 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
 
 
 def summarise(per_example: list[dict], answers: list[dict]) -> dict:
-    margins = [e["chosen_logp"] / e["chosen_tokens"] - e["rejected_logp"] / e["rejected_tokens"] for e in per_example]
+    margins = [ROW_METRICS["pref_margin"](e) for e in per_example]
     metrics = {}
     for name, (value, se) in {
         "pref_acc": mean_se([float(m > 0) for m in margins]),
