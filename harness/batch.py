@@ -42,8 +42,12 @@ class Batch:
 
     def counts(self) -> dict[str, int]:
         """The quantities a loss may be normalised by; summed over an optimizer step by the trainer."""
-        return {"pairs": len(self.index), "chosen_tokens": self.chosen.n_response_tokens,
-                "rejected_tokens": self.rejected.n_response_tokens}
+        counts = {"pairs": len(self.index), "chosen_tokens": self.chosen.n_response_tokens,
+                  "rejected_tokens": self.rejected.n_response_tokens}
+        for name, value in self.signals.items():  # sampled responses: "<signal>_tokens"
+            if isinstance(value, Sequences):
+                counts[f"{name}_tokens"] = value.n_response_tokens
+        return counts
 
     def to(self, device) -> Batch:
         return Batch(self.index, self.chosen.to(device), self.rejected.to(device),
@@ -51,7 +55,7 @@ class Batch:
 
 
 def _to(value, device):
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, Sequences)):
         return value.to(device)
     if isinstance(value, tuple):
         return tuple(_to(v, device) for v in value)
@@ -72,6 +76,15 @@ def pad_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: 
         mask[i, :n] = 1
         labels[i, len(p):n] = torch.tensor(r)
     return Sequences(ids, mask, labels, [len(p) for p in prompts])
+
+
+def prompts_of(seqs: Sequences) -> list[list[int]]:
+    return [seqs.input_ids[b, :n].tolist() for b, n in enumerate(seqs.prompt_lens)]
+
+
+def with_responses(seqs: Sequences, responses: list[list[int]], pad_id: int) -> Sequences:
+    """The same prompts with other responses (sampled ones), padded afresh."""
+    return pad_sequences(prompts_of(seqs), responses, pad_id)
 
 
 def collate(rows: list[Encoded], index: list[int], pad_id: int) -> Batch:

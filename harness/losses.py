@@ -6,6 +6,8 @@ every per-token quantity here is over ``logits[:, :-1]`` and ``labels[:, 1:]``. 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -72,3 +74,20 @@ def teacher_forward_kl(logits: torch.Tensor, seqs: Sequences, topk: dict) -> tup
 
 def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(x)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """GKD's generalised JSD per position (Agarwal et al. 2023, TRL's convention), over the full vocabulary.
+
+    M = beta * p_T + (1 - beta) * q; JSD_beta = beta * KL(p_T || M) + (1 - beta) * KL(q || M). The interior
+    formula vanishes at both ends, so beta = 0 is forward KL(p_T || q) and beta = 1 reverse KL(q || p_T).
+    The teacher's logits are cut to the student's vocabulary (padded rows of a larger teacher embedding).
+    """
+    s = torch.log_softmax(student_logits, dim=-1)
+    t = torch.log_softmax(teacher_logits[..., : student_logits.shape[-1]].float(), dim=-1)
+    if beta == 0:
+        return (t.exp() * (t - s)).sum(-1)
+    if beta == 1:
+        return (s.exp() * (s - t)).sum(-1)
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
+    return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)

@@ -36,6 +36,17 @@ class Term:
 
 
 @dataclass
+class Runtime:
+    """What the pipeline hands a method before training: token ids, generation limits, a live teacher."""
+
+    pad_id: int
+    eos_id: int
+    max_new_tokens: int
+    max_seq_len: int
+    teacher: object | None = None  # set when the method needs "teacher_model"
+
+
+@dataclass
 class LossOutput:
     terms: list[Term]
     student_tokens: int  # tokens forwarded through the student (prompt included), for compute accounting
@@ -52,6 +63,14 @@ class Method:
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
+        self.runtime: Runtime | None = None
+        # Work done inside prepare_batch/loss beyond the student's own forward passes, for compute records.
+        self.usage = {"teacher_tokens": 0, "generated_tokens": 0}
+
+    def prepare_batch(self, model, batch: Batch, rng) -> Batch:
+        """Called once per micro-batch before the step's counts are taken: on-policy methods replace
+        responses with the current student's samples here. ``rng`` is seeded per (run seed, step, micro-batch)."""
+        return batch
 
     @property
     def name(self) -> str:

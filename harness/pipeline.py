@@ -32,10 +32,12 @@ from harness.data import (
 )
 from harness.errors import BenchError
 from harness.evaluate import evaluate
+from harness.method import Runtime
 from harness.models import count_parameters, load_model, load_tokenizer
 from harness.pairs import Pair
 from harness.registry import METHODS
 from harness.signals import (
+    compute_samples,
     compute_sequence_logps,
     compute_topk,
     load_signal,
@@ -149,8 +151,8 @@ class Run:
         say(f"data: {dataset} from {source.location}")
         splits = load_splits(source, b.train_examples, b.eval_examples, b.seed)
         self.tokenizer = load_tokenizer(self.pair.student)
-        teacher_tok = load_tokenizer(self.pair.teacher) if self.pair.teacher != self.pair.student else None
-        template = ensure_chat_template(self.tokenizer, fallback_from=teacher_tok)
+        self.teacher_tokenizer = load_tokenizer(self.pair.teacher)
+        template = ensure_chat_template(self.tokenizer, fallback_from=self.teacher_tokenizer)
         self.train_examples, self.test_examples = splits.train, splits.test
         self.train_stats, self.test_stats = EncodeStats(), EncodeStats()
         self.train_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, self.train_stats)
@@ -221,12 +223,19 @@ class Run:
                 data, tokens = compute_topk(model, rows, spec.side, self.budget.teacher_top_k,
                                             self.tokenizer.pad_token_id, len(self.tokenizer), desc)
                 params = count_parameters(model)["matmul"]
+            elif spec.kind == "samples":
+                model = self.teacher()
+                examples = self.train_examples if split == "train" else self.test_examples
+                data, tokens = compute_samples(model, self.teacher_tokenizer, self.tokenizer, examples, rows,
+                                               self.budget.max_prompt_len, self.budget.gen_max_new_tokens,
+                                               self.budget.max_seq_len, desc)
+                params = count_parameters(model)["matmul"]
             else:
                 model = self.load_student_init()
                 data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
                 params = count_parameters(model)["matmul"]
                 del model
-            info = {"name": name, "split": split, "forward_tokens": tokens, "model_params": params,
+            info = {"name": name, "split": split, "kind": spec.kind, "forward_tokens": tokens, "model_params": params,
                     "flops": 2 * params * tokens, "wall_clock_s": time.perf_counter() - t0}
             with self.cache.build("signals", key) as out:
                 save_signal(data, out)
@@ -266,15 +275,21 @@ class Run:
                             "bench": harness.__version__})
 
     def run_method(self, name: str, method) -> dict:
-        signal_keys = {s: self.signal_key(s, "train") for s in method.needs}
+        cached = [s for s in method.needs if parse_signal(s).kind != "live"]
+        signal_keys = {s: self.signal_key(s, "train") for s in cached}
+        if "teacher_model" in method.needs:
+            signal_keys["teacher_model"] = stable_hash(self.pair.teacher.identity())
         key = self.train_key(name, method, signal_keys)
         trained = {}
         have_train = self.cache.has("train", key)
         have_ckpt = have_train and (self.cache.path("train", key) / "checkpoint").exists()
         if not (have_train and self.cache.has("eval", self.eval_key(key))) and not have_ckpt:
             signals, signal_info = {}, {}
-            for s in method.needs:
+            for s in cached:
                 signals[s], signal_info[s] = self.signal(s, "train")
+            teacher = self.teacher() if "teacher_model" in method.needs else None
+            method.runtime = Runtime(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                                     self.budget.gen_max_new_tokens, self.budget.max_seq_len, teacher)
             say(f"train {name}: {self.budget.optimizer_steps} steps of {self.budget.examples_per_step} pairs")
             model = self.load_student_init()
             params = count_parameters(model)["matmul"]
@@ -283,6 +298,8 @@ class Run:
             trained["model"] = model
             info = {"loss_curve": result.loss_curve, "optimizer_steps": result.optimizer_steps,
                     "student_tokens": result.student_tokens, "wall_clock_s": result.wall_clock_s,
+                    "live_teacher_tokens": result.teacher_tokens, "generated_tokens": result.generated_tokens,
+                    "teacher_params": count_parameters(teacher)["matmul"] if teacher is not None else 0,
                     "student_params": params, "signals": signal_info, "git_revision": git_revision(),
                     "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             if not have_train:
@@ -315,20 +332,24 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def compute_record(train_info: dict) -> dict:
-    teacher_tokens = sum(s["forward_tokens"] for s in train_info["signals"].values()
-                         if s["name"].startswith("teacher"))
-    ref_tokens = sum(s["forward_tokens"] for s in train_info["signals"].values()
-                     if not s["name"].startswith("teacher"))
-    signal_flops = sum(s["flops"] for s in train_info["signals"].values())
+    signals = train_info["signals"].values()
+    cached_teacher = sum(s["forward_tokens"] for s in signals if s["name"].startswith("teacher"))
+    live_teacher = train_info.get("live_teacher_tokens", 0)
+    generated = train_info.get("generated_tokens", 0) + sum(s["forward_tokens"] for s in signals
+                                                           if s.get("kind") == "samples")
+    # 6N per trained token (forward + backward), 2N per forward-only or generated token; N = matmul parameters.
+    flops = (6 * train_info["student_params"] * train_info["student_tokens"]
+             + sum(s["flops"] for s in signals)
+             + 2 * train_info.get("teacher_params", 0) * live_teacher
+             + 2 * train_info["student_params"] * train_info.get("generated_tokens", 0))
     return {
         "optimizer_steps": train_info["optimizer_steps"],
         "student_tokens_trained": train_info["student_tokens"],
-        "teacher_forward_tokens": teacher_tokens,
-        "reference_forward_tokens": ref_tokens,
-        "generated_tokens": 0,
+        "teacher_forward_tokens": cached_teacher + live_teacher,
+        "reference_forward_tokens": sum(s["forward_tokens"] for s in signals if not s["name"].startswith("teacher")),
+        "generated_tokens": generated,
         "wall_clock_s": round(train_info["wall_clock_s"], 2),
-        # 6N per trained token (forward + backward), 2N per forward-only token; N counts matmul parameters.
-        "flops_estimate": 6 * train_info["student_params"] * train_info["student_tokens"] + signal_flops,
+        "flops_estimate": flops,
         "signals_shared": sorted(train_info["signals"]),
     }
 

@@ -4,7 +4,9 @@ A method declares what it consumes (``needs``); here is where each of those come
 
 - ``teacher_topk:<side>`` — the teacher's top-k log-probs and the log-mass of the rest, at every response
   position of the chosen or rejected response (teacher-forced on the data set's text);
-- ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses.
+- ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses;
+- ``teacher_samples`` — the teacher's greedy response to each prompt (SeqKD's training targets);
+- ``teacher_model`` — not cached: the live teacher, handed to the method (``method.runtime.teacher``).
 
 Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
 """
@@ -18,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from harness.batch import IGNORE, Sequences, collate
+from harness.batch import IGNORE, Sequences, collate, with_responses
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.losses import sequence_logps
@@ -37,10 +39,15 @@ class SignalSpec:
 def parse_signal(name: str) -> SignalSpec:
     if name == "reference_logps":
         return SignalSpec(name, "student_init", "sequence_logps")
+    if name == "teacher_samples":
+        return SignalSpec(name, "teacher", "samples")
+    if name == "teacher_model":
+        return SignalSpec(name, "teacher", "live")
     kind, _, side = name.partition(":")
     if kind == "teacher_topk" and side in ("chosen", "rejected"):
         return SignalSpec(name, "teacher", "topk", side)
-    raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps.")
+    raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps, "
+                     "teacher_samples, teacher_model.")
 
 
 def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
@@ -89,6 +96,27 @@ def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -
     return {"logps": torch.cat(out)}, tokens
 
 
+def compute_samples(model, teacher_tokenizer, student_tokenizer, examples, rows: list[Encoded], max_prompt_len: int,
+                    max_new_tokens: int, max_seq_len: int, desc: str) -> tuple[dict, int]:
+    """The teacher's greedy answers as text, re-encoded with the student's tokenizer (so SeqKD works across
+    vocabularies), cut to fit max_seq_len after the student's prompt; stored flat with per-example offsets."""
+    from harness.data import prompt_ids, response_ids
+    from harness.generation import generate_ids
+
+    prompts = [prompt_ids(teacher_tokenizer, ex.messages)[-max_prompt_len:] for ex in examples]
+    eos = teacher_tokenizer.eos_token_id
+    outs = generate_ids(model, prompts, max_new_tokens, pad_id=teacher_tokenizer.pad_token_id, eos_id=eos, desc=desc)
+    offsets, flat, generated = [0], [], 0
+    for ex, row, new in zip(examples, rows, outs):
+        generated += len(new)
+        text = teacher_tokenizer.decode(new, skip_special_tokens=True).strip()
+        ids = response_ids(student_tokenizer, ex.messages, text)[: max_seq_len - len(row.prompt_ids)]
+        flat += ids
+        offsets.append(len(flat))
+    return ({"ids": torch.tensor(flat, dtype=torch.int64), "offsets": torch.tensor(offsets, dtype=torch.int64)},
+            generated)
+
+
 def save_signal(data: dict, folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "signal.safetensors"))
 
@@ -117,12 +145,15 @@ def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
     return {"ids": ids, "logps": logps, "rest": rest}
 
 
-def collate_signals(signals: dict[str, dict], batch) -> dict:
+def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
     out = {}
     for name, data in signals.items():
         spec = parse_signal(name)
         if spec.kind == "topk":
             out[name] = collate_topk(data, batch.index, getattr(batch, spec.side))
+        elif spec.kind == "samples":
+            responses = [data["ids"][int(data["offsets"][i]):int(data["offsets"][i + 1])].tolist() for i in batch.index]
+            out[name] = with_responses(batch.chosen, responses, pad_id)
         else:
             out[name] = data["logps"][batch.index]
     return out

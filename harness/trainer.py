@@ -7,6 +7,7 @@ and how a loss is normalised over gradient accumulation. A method only supplies 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from harness.signals import collate_signals
 class TrainResult:
     loss_curve: list[dict] = field(default_factory=list)
     student_tokens: int = 0
+    teacher_tokens: int = 0  # live-teacher forward tokens (cached signals are accounted separately)
+    generated_tokens: int = 0
     optimizer_steps: int = 0
     wall_clock_s: float = 0.0
 
@@ -103,13 +106,14 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
     result = TrainResult()
     start = time.perf_counter()
     last_finite = None
+    method.usage = {k: 0 for k in method.usage}
     bar = tqdm(step_plan(len(rows), budget, seed), desc=desc, unit="step", leave=False)
     for step, plan in enumerate(bar, 1):
         micro = []
-        for idx in plan:
+        for m, idx in enumerate(plan):
             mb = collate([rows[i] for i in idx], idx, pad_id)
-            mb.signals = collate_signals(signals, mb)
-            micro.append(mb)
+            mb.signals = collate_signals(signals, mb, pad_id)
+            micro.append(method.prepare_batch(model, mb, random.Random(seed * 1_000_003 + step * 1009 + m)))
         loss, terms, tokens = step_loss(method, model, micro, accelerator)
         if not math.isfinite(loss):
             raise BenchError(f"{method.name}: the loss became {loss} at optimizer step {step} (rows {plan}); "
@@ -125,6 +129,8 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
                                   **{f"term/{k}": v for k, v in terms.items()}})
         bar.set_postfix(loss=f"{loss:.4f}")
     result.optimizer_steps = len(result.loss_curve)
+    result.teacher_tokens = method.usage["teacher_tokens"]
+    result.generated_tokens = method.usage["generated_tokens"]
     result.wall_clock_s = time.perf_counter() - start
     model = accelerator.unwrap_model(model)
     model.eval()

@@ -1,3 +1,3 @@
 """Built-in methods, one module each; importing this package registers them."""
 
-from methods import dckd, dpo, kd, sft  # noqa: F401
+from methods import dckd, dpo, gkd, kd, rkl, seqkd, sft, simpo  # noqa: F401

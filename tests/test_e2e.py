@@ -1,6 +1,6 @@
 """End to end on the real SmolLM2 pair and real UltraFeedback rows, on the `tiny` budget.
 
-One run of sft, kd, dckd and dpo; then the same command again (everything cached); then a method from an
+One run of every built-in method; then the same command again (everything cached); then a method from an
 outside package, found through its entry point and run by `bench run` in a fresh interpreter.
 """
 
@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from harness.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "kd", "dckd", "dpo"]
+METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,12 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     assert recs["sft"]["compute"]["teacher_forward_tokens"] == 0
     assert recs["dpo"]["compute"]["teacher_forward_tokens"] == 0 and recs["dpo"]["compute"]["reference_forward_tokens"] > 0
     assert recs["dckd"]["compute"]["teacher_forward_tokens"] > recs["kd"]["compute"]["teacher_forward_tokens"] > 0
+    # Cached teacher answers (seqkd) and on-policy samples with a live teacher (gkd, rkl) are accounted.
+    assert recs["seqkd"]["compute"]["generated_tokens"] > 0 and recs["seqkd"]["compute"]["teacher_forward_tokens"] > 0
+    for name in ("gkd", "rkl"):
+        assert recs[name]["compute"]["teacher_forward_tokens"] > 0
+    assert recs["rkl"]["compute"]["generated_tokens"] > 0  # rkl samples every micro-batch
+    assert recs["simpo"]["compute"]["teacher_forward_tokens"] == 0
     # The teacher's KL to its own cached distribution is zero; the pruned student is measurably worse.
     assert recs["teacher"]["metrics"]["kl_teacher"]["value"] == pytest.approx(0.0, abs=1e-4)
     assert recs["student-init"]["metrics"]["kl_teacher"]["value"] > 0.5
@@ -77,7 +83,9 @@ def test_training_moved_the_students(workspace):
     init_nll = recs["student-init"]["metrics"]["nll_chosen"]["value"]
     # Two steps at lr 1e-4 on chosen responses lower held-out NLL for sft, and KL to the teacher for kd.
     assert recs["sft"]["metrics"]["nll_chosen"]["value"] < init_nll
-    assert recs["kd"]["metrics"]["kl_teacher"]["value"] < recs["student-init"]["metrics"]["kl_teacher"]["value"]
+    init_kl = recs["student-init"]["metrics"]["kl_teacher"]["value"]
+    for name in ("kd", "dckd", "gkd", "rkl"):  # every method that matches the teacher's distributions
+        assert recs[name]["metrics"]["kl_teacher"]["value"] < init_kl, name
 
 
 def test_leaderboard_written_and_regenerated_from_results_alone(workspace, tmp_path):

@@ -61,11 +61,11 @@ def grads_for(method, model, micro, accelerator):
 def one_vs_four(method, model, signals):
     accelerator = Accelerator(cpu=True)
     whole = collate(ROWS, [0, 1, 2, 3], PAD)
-    whole.signals = collate_signals(signals, whole)
+    whole.signals = collate_signals(signals, whole, PAD)
     split = []
     for i in range(4):
         mb = collate([ROWS[i]], [i], PAD)
-        mb.signals = collate_signals(signals, mb)
+        mb.signals = collate_signals(signals, mb, PAD)
         split.append(mb)
     return grads_for(method, model, [whole], accelerator), grads_for(method, model, split, accelerator)
 

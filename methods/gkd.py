@@ -1,0 +1,75 @@
+"""GKD (Agarwal et al. 2024, arXiv 2306.13649): generalised JSD to a live teacher, on a mix of data-set
+responses and the student's own on-policy samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import BenchError
+from harness.generation import resample
+from harness.losses import forward, generalized_jsd, response_mask
+from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.registry import register_method
+
+
+@dataclass
+class GKDConfig(MethodConfig):
+    """Defaults are TRL's GKDTrainer's.
+
+    beta: the JSD's mixture weight; 0 gives forward KL(teacher || student), 1 reverse KL(student || teacher).
+    lmbda: probability that a micro-batch's responses are replaced by the current student's samples
+        (on-policy); otherwise the data set's chosen responses are used. Drawn per micro-batch from a generator
+        seeded by (run seed, step, micro-batch), so runs repeat exactly.
+    temperature: sampling temperature of the student's on-policy samples only; the loss is at temperature 1.
+    The on-policy samples' length is the budget's ``gen_max_new_tokens``. Losses are token means over the step.
+    """
+
+    beta: float = 0.5
+    lmbda: float = 0.5
+    temperature: float = 0.9
+
+    def __post_init__(self):
+        if not 0.0 <= self.beta <= 1.0:
+            raise BenchError(f"gkd: beta must be in [0, 1], got {self.beta}.")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise BenchError(f"gkd: lmbda must be in [0, 1], got {self.lmbda}.")
+        if self.temperature <= 0:
+            raise BenchError(f"gkd: temperature must be positive, got {self.temperature}.")
+
+
+def on_policy(method: Method, model, batch, rng, temperature: float):
+    """Replace the chosen side with the current student's samples; accounts the generated tokens."""
+    batch.chosen, generated = resample(model, batch.chosen, method.runtime, temperature=temperature,
+                                       seed=rng.randrange(2**31))
+    method.usage["generated_tokens"] += generated
+    return batch
+
+
+def live_divergence(method: Method, model, seqs, beta: float) -> tuple[torch.Tensor, int]:
+    """Summed per-token generalised JSD between the student and the live teacher on ``seqs``."""
+    teacher = method.runtime.teacher
+    with torch.no_grad():
+        t_logits = teacher(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits[:, :-1]
+    method.usage["teacher_tokens"] += seqs.n_tokens
+    div = generalized_jsd(forward(model, seqs), t_logits, beta) * response_mask(seqs)
+    return div.sum(), seqs.n_tokens
+
+
+@register_method("gkd")
+class GKD(Method):
+    description = "Generalised JSD to the live teacher on data and on-policy student samples (fraction lmbda)."
+    paper = "Agarwal et al. 2024 (ICLR), arXiv 2306.13649"
+    Config = GKDConfig
+    needs = ("teacher_model",)
+    needs_shared_vocab = True
+
+    def prepare_batch(self, model, batch, rng):
+        if rng.random() < self.config.lmbda:
+            batch = on_policy(self, model, batch, rng, self.config.temperature)
+        return batch
+
+    def loss(self, model, batch):
+        total, tokens = live_divergence(self, model, batch.chosen, self.config.beta)
+        return LossOutput([Term("jsd", total, "chosen_tokens")], student_tokens=tokens)
