@@ -208,8 +208,11 @@ class Run:
     def signal_key(self, name: str, split: str) -> str:
         spec = parse_signal(name)
         producer = self.pair.teacher.identity() if spec.source == "teacher" else self.student_init_key()
-        return stable_hash({"signal": name, "split": split, "producer": producer, "data": self.data_key,
-                            "k": self.budget.teacher_top_k if spec.kind == "topk" else None})
+        key = {"signal": name, "split": split, "producer": producer, "data": self.data_key,
+               "k": self.budget.teacher_top_k if spec.kind == "topk" else None}
+        if spec.kind == "samples":
+            key.update(gen=self.budget.gen_max_new_tokens, seed=self.budget.seed)
+        return stable_hash(key)
 
     def signal(self, name: str, split: str) -> tuple[dict, dict]:
         key = self.signal_key(name, split)
@@ -224,12 +227,17 @@ class Run:
                                             self.tokenizer.pad_token_id, len(self.tokenizer), desc)
                 params = count_parameters(model)["matmul"]
             elif spec.kind == "samples":
-                model = self.teacher()
                 examples = self.train_examples if split == "train" else self.test_examples
-                data, tokens = compute_samples(model, self.teacher_tokenizer, self.tokenizer, examples, rows,
-                                               self.budget.max_prompt_len, self.budget.gen_max_new_tokens,
-                                               self.budget.max_seq_len, desc)
+                # Teacher answers are greedy (SeqKD); the student's are sampled at temperature 1, seeded.
+                from_teacher = spec.source == "teacher"
+                model = self.teacher() if from_teacher else self.load_student_init()
+                data, tokens = compute_samples(
+                    model, self.teacher_tokenizer if from_teacher else self.tokenizer, self.tokenizer, examples, rows,
+                    self.budget.max_prompt_len, self.budget.gen_max_new_tokens, self.budget.max_seq_len, desc,
+                    do_sample=not from_teacher, seed=self.budget.seed)
                 params = count_parameters(model)["matmul"]
+                if not from_teacher:
+                    del model
             else:
                 model = self.load_student_init()
                 data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
@@ -333,10 +341,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def compute_record(train_info: dict) -> dict:
     signals = train_info["signals"].values()
-    cached_teacher = sum(s["forward_tokens"] for s in signals if s["name"].startswith("teacher"))
+    specs = {s["name"]: parse_signal(s["name"]) for s in signals}
+
+    def tokens(keep) -> int:
+        return sum(s["forward_tokens"] for s in signals if keep(specs[s["name"]]))
+
     live_teacher = train_info.get("live_teacher_tokens", 0)
-    generated = train_info.get("generated_tokens", 0) + sum(s["forward_tokens"] for s in signals
-                                                           if s.get("kind") == "samples")
+    cached_teacher = tokens(lambda spec: spec.source == "teacher")  # top-k forwards and generated answers
+    generated = train_info.get("generated_tokens", 0) + tokens(lambda spec: spec.kind == "samples")
     # 6N per trained token (forward + backward), 2N per forward-only or generated token; N = matmul parameters.
     flops = (6 * train_info["student_params"] * train_info["student_tokens"]
              + sum(s["flops"] for s in signals)
@@ -346,7 +358,7 @@ def compute_record(train_info: dict) -> dict:
         "optimizer_steps": train_info["optimizer_steps"],
         "student_tokens_trained": train_info["student_tokens"],
         "teacher_forward_tokens": cached_teacher + live_teacher,
-        "reference_forward_tokens": sum(s["forward_tokens"] for s in signals if not s["name"].startswith("teacher")),
+        "reference_forward_tokens": tokens(lambda spec: spec.kind == "sequence_logps"),
         "generated_tokens": generated,
         "wall_clock_s": round(train_info["wall_clock_s"], 2),
         "flops_estimate": flops,

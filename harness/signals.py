@@ -6,6 +6,7 @@ A method declares what it consumes (``needs``); here is where each of those come
   position of the chosen or rejected response (teacher-forced on the data set's text);
 - ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses;
 - ``teacher_samples`` — the teacher's greedy response to each prompt (SeqKD's training targets);
+- ``student_samples`` — one response per prompt sampled (temperature 1, seeded) from the initial student;
 - ``teacher_model`` — not cached: the live teacher, handed to the method (``method.runtime.teacher``).
 
 Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
@@ -41,13 +42,15 @@ def parse_signal(name: str) -> SignalSpec:
         return SignalSpec(name, "student_init", "sequence_logps")
     if name == "teacher_samples":
         return SignalSpec(name, "teacher", "samples")
+    if name == "student_samples":
+        return SignalSpec(name, "student_init", "samples")
     if name == "teacher_model":
         return SignalSpec(name, "teacher", "live")
     kind, _, side = name.partition(":")
     if kind == "teacher_topk" and side in ("chosen", "rejected"):
         return SignalSpec(name, "teacher", "topk", side)
     raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps, "
-                     "teacher_samples, teacher_model.")
+                     "teacher_samples, student_samples, teacher_model.")
 
 
 def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
@@ -96,20 +99,22 @@ def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -
     return {"logps": torch.cat(out)}, tokens
 
 
-def compute_samples(model, teacher_tokenizer, student_tokenizer, examples, rows: list[Encoded], max_prompt_len: int,
-                    max_new_tokens: int, max_seq_len: int, desc: str) -> tuple[dict, int]:
-    """The teacher's greedy answers as text, re-encoded with the student's tokenizer (so SeqKD works across
+def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: list[Encoded], max_prompt_len: int,
+                    max_new_tokens: int, max_seq_len: int, desc: str, *, do_sample: bool = False,
+                    temperature: float = 1.0, seed: int = 0) -> tuple[dict, int]:
+    """A model's answers as text, re-encoded with the student's tokenizer (so teacher answers work across
     vocabularies), cut to fit max_seq_len after the student's prompt; stored flat with per-example offsets."""
     from harness.data import prompt_ids, response_ids
     from harness.generation import generate_ids
 
-    prompts = [prompt_ids(teacher_tokenizer, ex.messages)[-max_prompt_len:] for ex in examples]
-    eos = teacher_tokenizer.eos_token_id
-    outs = generate_ids(model, prompts, max_new_tokens, pad_id=teacher_tokenizer.pad_token_id, eos_id=eos, desc=desc)
+    prompts = [prompt_ids(model_tokenizer, ex.messages)[-max_prompt_len:] for ex in examples]
+    eos = model_tokenizer.eos_token_id
+    outs = generate_ids(model, prompts, max_new_tokens, pad_id=model_tokenizer.pad_token_id, eos_id=eos, desc=desc,
+                        do_sample=do_sample, temperature=temperature, seed=seed)
     offsets, flat, generated = [0], [], 0
     for ex, row, new in zip(examples, rows, outs):
         generated += len(new)
-        text = teacher_tokenizer.decode(new, skip_special_tokens=True).strip()
+        text = model_tokenizer.decode(new, skip_special_tokens=True).strip()
         ids = response_ids(student_tokenizer, ex.messages, text)[: max_seq_len - len(row.prompt_ids)]
         flat += ids
         offsets.append(len(flat))
