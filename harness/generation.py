@@ -30,10 +30,13 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, pad_id
             mask[row, length - len(prompts[i]):] = 1
         kwargs = {"do_sample": do_sample}
         if do_sample:
-            torch.manual_seed(seed + start)
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=eos_id, **kwargs)
+        # Seed sampling without disturbing the global random state that training relies on.
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + start)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, **kwargs)
         for row, i in enumerate(idx):
             new = out[row, length:].tolist()
             results[i] = new[: new.index(eos_id) + 1] if eos_id in new else new

@@ -113,7 +113,9 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
         for m, idx in enumerate(plan):
             mb = collate([rows[i] for i in idx], idx, pad_id)
             mb.signals = collate_signals(signals, mb, pad_id)
-            micro.append(method.prepare_batch(model, mb, random.Random(seed * 1_000_003 + step * 1009 + m)))
+            # Unwrapped: DDP/FSDP wrappers do not expose generate(), which on-policy methods call here.
+            micro.append(method.prepare_batch(accelerator.unwrap_model(model), mb,
+                                              random.Random(seed * 1_000_003 + step * 1009 + m)))
         loss, terms, tokens = step_loss(method, model, micro, accelerator)
         if not math.isfinite(loss):
             raise BenchError(f"{method.name}: the loss became {loss} at optimizer step {step} (rows {plan}); "

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from harness.batch import IGNORE, pad_sequences
-from harness.losses import bucket_forward_kl, bucket_logps, sequence_logps, teacher_forward_kl, token_logps
+from harness.losses import (
+    bucket_forward_kl,
+    bucket_logps,
+    generalized_jsd,
+    sequence_logps,
+    teacher_forward_kl,
+    token_logps,
+)
 
 
 def log_softmax(row: list[float]) -> list[float]:
@@ -154,3 +161,70 @@ def test_teacher_forward_kl_per_position_and_mask():
             keep = ids[b, t].tolist()
             q_b = [q[v] for v in keep] + [sum(q[v] for v in range(4) if v not in keep)]
             assert float(got[b, t]) == pytest.approx(kl(top + [r], q_b), abs=1e-6)
+
+
+# generalized_jsd: [B=2, T=2, V=4] student logits and a teacher's, checked position by position.
+JSD_STUDENT = [[[0.5, -1.0, 2.0, 0.0], [1.5, 0.2, -0.3, 0.7]], [[0.0, 1.0, 0.0, -1.0], [-0.5, 0.3, 1.2, 0.1]]]
+JSD_TEACHER = [[[1.0, 0.0, -1.0, 2.5], [0.0, 2.0, 1.0, -0.5]], [[3.0, -1.0, 0.5, 0.2], [0.1, 0.2, 0.3, 2.0]]]
+
+
+def probs(row):
+    return [math.exp(x) for x in log_softmax(row)]
+
+
+def jsd_by_formula(t_row, s_row, beta):
+    p, q = probs(t_row), probs(s_row)
+    m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+    return beta * kl(p, m) + (1 - beta) * kl(q, m)
+
+
+def each_position(got, fn):
+    for b in range(2):
+        for t in range(2):
+            assert float(got[b, t]) == pytest.approx(fn(JSD_TEACHER[b][t], JSD_STUDENT[b][t]), abs=1e-6), (b, t)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.5, 0.9])
+def test_generalized_jsd_interior_by_formula(beta):
+    got = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), beta)
+    assert got.shape == (2, 2)
+    each_position(got, lambda t, s: jsd_by_formula(t, s, beta))
+
+
+def test_generalized_jsd_is_asymmetric_in_beta():
+    # Guards the interior test against the two mixture weights being swapped.
+    got = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), 0.3)
+    swapped = jsd_by_formula(JSD_STUDENT[0][0], JSD_TEACHER[0][0], 0.3)  # teacher and student exchanged
+    assert abs(float(got[0, 0]) - swapped) > 1e-3
+
+
+def test_generalized_jsd_at_beta_0_is_forward_kl():
+    got = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), 0.0)
+    each_position(got, lambda t, s: kl(probs(t), probs(s)))
+
+
+def test_generalized_jsd_at_beta_1_is_reverse_kl():
+    got = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), 1.0)
+    each_position(got, lambda t, s: kl(probs(s), probs(t)))
+    assert abs(kl(probs(JSD_STUDENT[0][0]), probs(JSD_TEACHER[0][0]))
+               - kl(probs(JSD_TEACHER[0][0]), probs(JSD_STUDENT[0][0]))) > 1e-2  # the two ends differ
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_generalized_jsd_cuts_a_wider_teacher_to_the_students_vocabulary(beta):
+    # Two extra teacher columns with large logits: kept, they would take most of the teacher's mass.
+    wide = [[row + [5.0, 4.0] for row in pos] for pos in JSD_TEACHER]
+    got = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(wide), beta)
+    ref = generalized_jsd(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), beta)
+    assert torch.allclose(got, ref, atol=1e-6)
+    expected = {0.0: lambda t, s: kl(probs(t), probs(s)), 1.0: lambda t, s: kl(probs(s), probs(t))}
+    each_position(got, expected.get(beta, lambda t, s: jsd_by_formula(t, s, beta)))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_generalized_jsd_is_zero_for_identical_distributions_and_takes_bf16_teacher_logits(beta):
+    s = torch.tensor(JSD_STUDENT)
+    got = generalized_jsd(s, s.to(torch.bfloat16).float().to(torch.bfloat16), beta)
+    assert got.dtype == torch.float32
+    assert got.abs().max() < 1e-2  # bf16 rounding of the teacher only
+    assert generalized_jsd(s, s.clone(), beta).abs().max() < 1e-6

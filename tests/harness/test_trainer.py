@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 import methods  # noqa: F401  (registers the built-in methods)
-from harness.batch import collate
+from harness.batch import collate, prompts_of, with_responses
 from harness.budgets import Budget
 from harness.data import Encoded
 from harness.errors import BenchError
@@ -189,3 +189,79 @@ class NaNLater(Method):
 def test_train_raises_on_a_nan_loss_naming_the_step(tiny_model):
     with pytest.raises(BenchError, match=r"nan-later: the loss became nan at optimizer step 3"):
         train(NaNLater(), tiny_model, random_rows(8, seed=0), {}, budget(), PAD, seed=0, desc="test")
+
+
+class Lengthen(Method):
+    """prepare_batch appends two tokens to every chosen response (as an on-policy method swaps responses) and
+    records the first draw of the rng it is given; the loss is SFT plus a term equal to the chosen response tokens
+    it sees, normalised by "chosen_tokens", so that term is exactly 1 per step only if the step's counts were taken
+    after prepare_batch."""
+
+    registered_name = "lengthen"
+
+    def __init__(self):
+        super().__init__()
+        self.draws = []
+
+    def prepare_batch(self, model, batch, rng):
+        self.draws.append(rng.random())
+        old = [batch.chosen.labels[b][batch.chosen.labels[b] != -100].tolist() for b in range(len(batch.index))]
+        batch.chosen = with_responses(batch.chosen, [r + [1, 2] for r in old], PAD)
+        self.usage["generated_tokens"] += 2 * len(old)
+        return batch
+
+    def loss(self, model, batch):
+        out = SFT().loss(model, batch)
+        count = out.terms[0].total * 0 + float(batch.chosen.n_response_tokens)
+        return LossOutput(out.terms + [Term("count", count, "chosen_tokens")], out.student_tokens)
+
+
+def test_train_calls_prepare_batch_per_micro_batch_before_taking_counts(tiny_model):
+    rows = random_rows(8, seed=0)
+    b = budget(max_steps=3)
+    method = Lengthen()
+    result = train(method, tiny_model, rows, {}, b, PAD, seed=5, desc="test")
+    assert len(method.draws) == 3 * b.grad_accum
+    assert len(set(method.draws)) == len(method.draws)  # a differently seeded rng per micro-batch
+    assert [e["term/count"] for e in result.loss_curve] == pytest.approx([1.0] * 3, abs=1e-6)
+    plan = step_plan(8, b, seed=5)
+    # The student forwarded the prepared (longer) sequences; the usage the method recorded is reported.
+    assert result.student_tokens == sum(len(rows[i].prompt_ids) + len(rows[i].chosen_ids) + 2
+                                        for step in plan for mb in step for i in mb)
+    assert result.generated_tokens == 2 * 3 * b.examples_per_step
+    assert result.teacher_tokens == 0
+
+
+def test_train_seeds_prepare_batch_from_the_run_seed(tiny_model):
+    import copy
+
+    draws = []
+    for seed in (5, 5, 6):
+        method = Lengthen()
+        train(method, copy.deepcopy(tiny_model), random_rows(8, seed=0), {}, budget(max_steps=2), PAD, seed=seed,
+              desc="test")
+        draws.append(method.draws)
+    assert draws[0] == draws[1]
+    assert draws[0] != draws[2]
+
+
+def test_train_resets_method_usage(tiny_model):
+    method = Lengthen()
+    method.usage["generated_tokens"] = 1000
+    method.usage["teacher_tokens"] = 7
+    result = train(method, tiny_model, random_rows(8, seed=0), {}, budget(max_steps=1), PAD, seed=0, desc="test")
+    assert result.generated_tokens == method.usage["generated_tokens"] == 2 * 4
+    assert result.teacher_tokens == 0
+
+
+def test_prepared_batches_keep_their_prompts(tiny_model):
+    seen = []
+
+    class Spy(Lengthen):
+        def loss(self, model, batch):
+            seen.append((batch.index, prompts_of(batch.chosen)))
+            return super().loss(model, batch)
+
+    rows = random_rows(8, seed=0)
+    train(Spy(), tiny_model, rows, {}, budget(max_steps=1), PAD, seed=0, desc="test")
+    assert seen and all(prompts == [rows[i].prompt_ids for i in index] for index, prompts in seen)

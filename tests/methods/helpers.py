@@ -130,3 +130,75 @@ def normalised(out, batch):
     """The loss as training sums it: each term's total over its count."""
     counts = batch.counts()
     return sum(t.total / counts[t.per] for t in out.terms)
+
+
+# --- Live-teacher and on-policy methods (gkd, rkl, seqkd, simpo) -------------------------------------------------
+
+# The teacher with two extra vocabulary columns (padded embedding rows of a larger teacher): large logits, so a
+# loss that forgot to cut them to the student's vocabulary would come out clearly different (or fail on shape).
+TEACHER_WIDE = [row + [4.0, 3.0] for row in TEACHER]
+
+
+def kl(p, q):
+    """KL(p || q) of two probability lists."""
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def jsd(teacher_row, student_row, beta):
+    """GKD's generalised JSD between softmax(teacher_row) and softmax(student_row), by the paper's formula:
+    beta * KL(p || M) + (1 - beta) * KL(q || M), M = beta * p + (1 - beta) * q; forward KL(p || q) at beta = 0 and
+    reverse KL(q || p) at beta = 1."""
+    p, q = softmax(teacher_row), softmax(student_row)
+    if beta == 0:
+        return kl(p, q)
+    if beta == 1:
+        return kl(q, p)
+    m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+    return beta * kl(p, m) + (1 - beta) * kl(q, m)
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def tiny_llama(seed, vocab=64, layers=1):
+    """A random tiny Llama (a teacher for the conftest's `tiny_model`, which has the same 64-token vocabulary)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+# Rows for the real tiny Llama (vocab 64): prompts of different lengths, ids clear of the pad id 0.
+LLAMA_ROWS = [Encoded([5, 6, 7, 8], [9, 10], [11, 12, 13]), Encoded([14, 15], [16, 17, 18, 19, 20], [21]),
+              Encoded([22, 23, 24], [25], [26, 27])]
+LLAMA_EOS = 63
+
+
+class single_thread:
+    """A context manager: torch on one thread (these models are tiny; one thread is far faster on shared cores)."""
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+        return False
+
+
+class StubResample:
+    """Stands in for harness.generation.resample where no generation is needed: records each call and answers
+    every prompt with the fixed response [1, 2, 3]."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, seqs, runtime, *, temperature, seed):
+        from harness.batch import prompts_of, with_responses
+
+        self.calls.append({"temperature": temperature, "seed": seed})
+        prompts = prompts_of(seqs)
+        return with_responses(seqs, [[1, 2, 3]] * len(prompts), runtime.pad_id), 3 * len(prompts)
