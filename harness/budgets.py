@@ -98,7 +98,7 @@ register_budget("tiny", Budget(
     description="Tests: a handful of steps on short sequences; finishes in a minute or two on 2 CPU cores.",
     train_examples=8, max_seq_len=96, max_prompt_len=48, batch_size=2, grad_accum=2, max_steps=2,
     learning_rate=1e-4, warmup_ratio=0.0, gen_max_new_tokens=12, eval_examples=8, gen_eval_examples=2,
-    teacher_top_k=20, save_checkpoints=False,
+    teacher_top_k=20, samples_per_prompt=3, save_checkpoints=False,
 ))
 
 register_budget("smoke", Budget(
@@ -106,7 +106,7 @@ register_budget("smoke", Budget(
     description="The CPU demo: 48 preference pairs, 12 optimizer steps; sft,kd,dckd,dpo in about 10 minutes here.",
     train_examples=48, max_seq_len=128, max_prompt_len=48, batch_size=4, grad_accum=1, epochs=1,
     learning_rate=1e-4, warmup_ratio=0.1, gen_max_new_tokens=48, eval_examples=40, gen_eval_examples=12,
-    teacher_top_k=50,
+    teacher_top_k=50, samples_per_prompt=4,
 ))
 
 register_budget("paper", Budget(

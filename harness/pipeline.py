@@ -41,7 +41,9 @@ from harness.signals import (
     compute_sequence_logps,
     compute_topk,
     load_signal,
+    mean_logps,
     parse_signal,
+    sample_many,
     save_signal,
 )
 from harness.trainer import train
@@ -208,10 +210,14 @@ class Run:
     def signal_key(self, name: str, split: str) -> str:
         spec = parse_signal(name)
         producer = self.pair.teacher.identity() if spec.source == "teacher" else self.student_init_key()
+        if spec.kind == "scored_samples":  # sampled from the student, scored by the teacher
+            producer = [self.student_init_key(), self.pair.teacher.identity()]
         key = {"signal": name, "split": split, "producer": producer, "data": self.data_key,
                "k": self.budget.teacher_top_k if spec.kind == "topk" else None}
-        if spec.kind == "samples":
+        if spec.kind in ("samples", "scored_samples"):
             key.update(gen=self.budget.gen_max_new_tokens, seed=self.budget.seed)
+        if spec.kind == "scored_samples":
+            key.update(n=self.budget.samples_per_prompt)
         return stable_hash(key)
 
     def signal(self, name: str, split: str) -> tuple[dict, dict]:
@@ -238,19 +244,49 @@ class Run:
                 params = count_parameters(model)["matmul"]
                 if not from_teacher:
                     del model
+            elif spec.kind == "scored_samples":
+                data, tokens, params, extra = self.scored_samples(rows, split, desc)
             else:
                 model = self.load_student_init()
                 data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
                 params = count_parameters(model)["matmul"]
                 del model
             info = {"name": name, "split": split, "kind": spec.kind, "forward_tokens": tokens, "model_params": params,
-                    "flops": 2 * params * tokens, "wall_clock_s": time.perf_counter() - t0}
+                    "flops": 2 * params * tokens, "generated_tokens": tokens if spec.kind == "samples" else 0}
+            if spec.kind == "scored_samples":
+                info.update(extra)
+            info["wall_clock_s"] = time.perf_counter() - t0
             with self.cache.build("signals", key) as out:
                 save_signal(data, out)
                 write_json_atomic(out / "info.json", info)
             say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
         folder = self.cache.path("signals", key)
         return load_signal(folder), json.loads((folder / "info.json").read_text())
+
+    def scored_samples(self, rows, split: str, desc: str) -> tuple[dict, int, int, dict]:
+        """Several student samples per prompt, scored by the teacher as text (so no shared tokenizer is needed)."""
+        b = self.budget
+        examples = self.train_examples if split == "train" else self.test_examples
+        student = self.load_student_init()
+        samples, generated = sample_many(student, self.tokenizer, examples, rows, b.samples_per_prompt,
+                                         b.max_prompt_len, b.gen_max_new_tokens, b.max_seq_len, b.seed, desc)
+        student_params = count_parameters(student)["matmul"]
+        del student
+        texts = [(ex.messages, self.tokenizer.decode(s, skip_special_tokens=True).strip())
+                 for ex, per in zip(examples, samples) for s in per]
+        teacher = self.teacher()
+        scores, teacher_tokens = mean_logps(teacher, self.teacher_tokenizer, texts, b.max_prompt_len, b.max_seq_len,
+                                            f"{desc}: teacher scores")
+        flat = [t for per in samples for t in per]
+        offsets = [0]
+        for t in flat:
+            offsets.append(offsets[-1] + len(t))
+        data = {"ids": torch.tensor([tok for t in flat for tok in t], dtype=torch.int64),
+                "offsets": torch.tensor(offsets, dtype=torch.int64),
+                "scores": torch.tensor(scores, dtype=torch.float32).view(len(rows), b.samples_per_prompt)}
+        params = count_parameters(teacher)["matmul"]
+        extra = {"generated_tokens": generated, "flops": 2 * params * teacher_tokens + 2 * student_params * generated}
+        return data, teacher_tokens, params, extra
 
     # ------------------------------------------------------------------ evaluation
     def eval_key(self, model_key: str) -> str:
@@ -347,8 +383,9 @@ def compute_record(train_info: dict) -> dict:
         return sum(s["forward_tokens"] for s in signals if keep(specs[s["name"]]))
 
     live_teacher = train_info.get("live_teacher_tokens", 0)
-    cached_teacher = tokens(lambda spec: spec.source == "teacher")  # top-k forwards and generated answers
-    generated = train_info.get("generated_tokens", 0) + tokens(lambda spec: spec.kind == "samples")
+    # Teacher work: top-k forwards, its generated answers, its scoring of student samples.
+    cached_teacher = tokens(lambda spec: spec.source == "teacher" or spec.kind == "scored_samples")
+    generated = train_info.get("generated_tokens", 0) + sum(s.get("generated_tokens", 0) for s in signals)
     # 6N per trained token (forward + backward), 2N per forward-only or generated token; N = matmul parameters.
     flops = (6 * train_info["student_params"] * train_info["student_tokens"]
              + sum(s["flops"] for s in signals)

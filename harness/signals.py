@@ -7,6 +7,8 @@ A method declares what it consumes (``needs``); here is where each of those come
 - ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses;
 - ``teacher_samples`` — the teacher's greedy response to each prompt (SeqKD's training targets);
 - ``student_samples`` — one response per prompt sampled (temperature 1, seeded) from the initial student;
+- ``scored_samples`` — ``samples_per_prompt`` answers per prompt sampled from the initial student (temperature 1,
+  top-p 0.95, seeded), each scored by the teacher's length-normalised log-likelihood under its own template (PAD);
 - ``teacher_model`` — not cached: the live teacher, handed to the method (``method.runtime.teacher``).
 
 Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
@@ -21,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from harness.batch import IGNORE, Sequences, collate, with_responses
+from harness.batch import IGNORE, Sequences, collate, pad_sequences, prompts_of, with_responses
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.losses import sequence_logps
@@ -44,13 +46,15 @@ def parse_signal(name: str) -> SignalSpec:
         return SignalSpec(name, "teacher", "samples")
     if name == "student_samples":
         return SignalSpec(name, "student_init", "samples")
+    if name == "scored_samples":
+        return SignalSpec(name, "student_init", "scored_samples")
     if name == "teacher_model":
         return SignalSpec(name, "teacher", "live")
     kind, _, side = name.partition(":")
     if kind == "teacher_topk" and side in ("chosen", "rejected"):
         return SignalSpec(name, "teacher", "topk", side)
     raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps, "
-                     "teacher_samples, student_samples, teacher_model.")
+                     "teacher_samples, student_samples, scored_samples, teacher_model.")
 
 
 def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
@@ -122,6 +126,46 @@ def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: l
             generated)
 
 
+def sample_many(model, tokenizer, examples, rows: list[Encoded], n: int, max_prompt_len: int, max_new_tokens: int,
+                max_seq_len: int, seed: int, desc: str) -> tuple[list[list[list[int]]], int]:
+    """n sampled answers per prompt (temperature 1, top-p 0.95, one seed per sample index), in the student's
+    tokens and cut to fit max_seq_len; returns [example][sample] token lists and the tokens generated."""
+    from harness.generation import generate_ids
+
+    prompts = [r.prompt_ids for r in rows]
+    per_seed = [generate_ids(model, prompts, max_new_tokens, pad_id=tokenizer.pad_token_id,
+                             eos_id=tokenizer.eos_token_id, do_sample=True, temperature=1.0, top_p=0.95,
+                             seed=seed * 1000 + j, desc=f"{desc} {j + 1}/{n}") for j in range(n)]
+    generated = sum(len(o) for outs in per_seed for o in outs)
+    samples = [[(per_seed[j][i][: max_seq_len - len(r.prompt_ids)] or [tokenizer.eos_token_id]) for j in range(n)]
+               for i, r in enumerate(rows)]
+    return samples, generated
+
+
+@torch.no_grad()
+def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt_len: int, max_seq_len: int,
+               desc: str) -> tuple[list[float], int]:
+    """Length-normalised log-likelihood of each (prompt messages, response text) under ``model``, encoded with
+    its own tokenizer and chat template; returns the scores and the tokens forwarded."""
+    from harness.batch import pad_sequences
+    from harness.data import prompt_ids, response_ids
+
+    device = next(model.parameters()).device
+    encoded = []
+    for messages, text in pairs:
+        p = prompt_ids(tokenizer, messages)[-max_prompt_len:]
+        encoded.append((p, response_ids(tokenizer, messages, text)[: max(max_seq_len - len(p), 1)]))
+    scores, tokens = [], 0
+    for start in tqdm(range(0, len(encoded), SIGNAL_BATCH), desc=desc, unit="batch", leave=False):
+        chunk = encoded[start:start + SIGNAL_BATCH]
+        seqs = pad_sequences([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id).to(device)
+        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+        tokens += seqs.n_tokens
+        total, count = sequence_logps(logits[:, :-1].float(), seqs)
+        scores += (total / count.clamp(min=1)).tolist()
+    return scores, tokens
+
+
 def save_signal(data: dict, folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "signal.safetensors"))
 
@@ -159,6 +203,13 @@ def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
         elif spec.kind == "samples":
             responses = [data["ids"][int(data["offsets"][i]):int(data["offsets"][i + 1])].tolist() for i in batch.index]
             out[name] = with_responses(batch.chosen, responses, pad_id)
+        elif spec.kind == "scored_samples":
+            n = data["scores"].shape[1]
+            prompts = prompts_of(batch.chosen)
+            responses = [data["ids"][int(data["offsets"][i * n + j]):int(data["offsets"][i * n + j + 1])].tolist()
+                         for i in batch.index for j in range(n)]
+            out[name] = {"seqs": pad_sequences([p for p in prompts for _ in range(n)], responses, pad_id),
+                         "teacher_scores": data["scores"][batch.index]}
         else:
             out[name] = data["logps"][batch.index]
     return out

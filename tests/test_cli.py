@@ -104,8 +104,8 @@ def test_leaderboard_without_results(tmp_path):
 
 
 @pytest.mark.parametrize("command,needles", [
-    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "arXiv 2502.17927", "shared tokenizer"]),
-    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B", "methods: dckd, dpo, gkd, kd, plad, rkl, seqkd, sft, simpo"]),
+    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "arXiv 2502.17927", "shared tokenizer"]),
+    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B", "methods: dckd, dpo, gkd, kd, pad, plad, rkl, seqkd, sft, simpo"]),
     ("budgets", ["tiny", "smoke", "paper", "12 steps"]),
 ])
 def test_listings(command, needles):
@@ -139,4 +139,4 @@ def test_pair_without_shared_vocabulary_refuses_token_level_methods(tmp_path, sh
                                 "--student", str(student), "--data-dir", str(shared_dir)))
     assert_clean_error(code, out, "different vocabularies", "kd, dckd", "Methods that can: ")
     can_run = set(out.split("Methods that can: ")[1].strip().rstrip(".").split(", "))
-    assert can_run == {"sft", "dpo", "simpo", "seqkd", "plad"}
+    assert can_run == {"sft", "dpo", "simpo", "seqkd", "plad", "pad"}

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from harness.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad"]
+METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,8 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     assert recs["simpo"]["compute"]["teacher_forward_tokens"] == 0
     # plad reads the same cached teacher answers as seqkd, plus the initial student's own samples.
     assert recs["plad"]["compute"]["generated_tokens"] > recs["seqkd"]["compute"]["generated_tokens"]
+    # pad: 3 student samples per prompt (the tiny budget), scored by the teacher.
+    assert recs["pad"]["compute"]["generated_tokens"] > 0 and recs["pad"]["compute"]["teacher_forward_tokens"] > 0
     # The teacher's KL to its own cached distribution is zero; the pruned student is measurably worse.
     assert recs["teacher"]["metrics"]["kl_teacher"]["value"] == pytest.approx(0.0, abs=1e-4)
     assert recs["student-init"]["metrics"]["kl_teacher"]["value"] > 0.5

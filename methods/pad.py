@@ -1,0 +1,100 @@
+"""PAD (Gu et al. 2025, ACL Findings, arXiv 2502.14272): preference distillation over the distribution of all
+rankings of several student samples, matching the student's Plackett-Luce distribution to the teacher's."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import BenchError
+from harness.losses import forward, sequence_logps
+from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.registry import register_method
+
+
+@dataclass
+class PADConfig(MethodConfig):
+    """Rewards: the student's r_S(y) and the teacher's r_T(y) are each model's length-normalised log-likelihood of
+    sample y (the paper's intrinsic reward; the teacher scores with its own tokenizer and template, so the pair
+    need not share one). The ``samples_per_prompt`` samples come from the initial student at temperature 1,
+    top-p 0.95, one seed per sample index, once per run (the budget fixes how many).
+
+    beta: the Plackett-Luce scale, on both rewards (official config: 10).
+    loss: "pd" — the Jensen-Shannon divergence between the two distributions over all n! rankings (the paper's
+        preference-distribution loss); "rd" — the "vanilla" loss, -log P_PL(tau_T; r_S) of the teacher's ranking.
+    jsd_form: "textbook" — 0.5 [KL(P_S||M) + KL(P_T||M)]; "official" — the official code's
+        0.5 [KL(M||P_S) + KL(M||P_T)] (also zero iff P_S = P_T).
+    The mixture M is formed per example. (The official code pools it across a micro-batch — exact only at
+    per-device batch 1 — which is a bug we do not reproduce.) The loss is a mean over prompts.
+
+    Not implemented yet: the teacher's multiple-choice preference score as reward (the official config's
+    alpha = 0), and the Levenshtein diversity filter that keeps 4 of 5 samples.
+    """
+
+    beta: float = 10.0
+    loss: str = "pd"
+    jsd_form: str = "textbook"
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise BenchError(f"pad: beta must be positive, got {self.beta}.")
+        if self.loss not in ("pd", "rd"):
+            raise BenchError(f"pad: loss must be 'pd' or 'rd', got {self.loss!r}.")
+        if self.jsd_form not in ("textbook", "official"):
+            raise BenchError(f"pad: jsd_form must be 'textbook' or 'official', got {self.jsd_form!r}.")
+
+
+def permutations(n: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
+
+
+def plackett_luce_logp(rewards: torch.Tensor, perms: torch.Tensor, beta: float) -> torch.Tensor:
+    """log P(tau; r) = sum_k [beta r_tau_k - log sum_{m >= k} exp(beta r_tau_m)] for every ranking tau.
+
+    rewards [B, n], perms [P, n] -> [B, P].
+    """
+    scaled = beta * rewards[:, perms]  # [B, P, n]
+    tail = torch.logcumsumexp(scaled.flip(-1), dim=-1).flip(-1)
+    return (scaled - tail).sum(-1)
+
+
+def ranking_jsd(logp_s: torch.Tensor, logp_t: torch.Tensor, form: str = "textbook") -> torch.Tensor:
+    """JSD between two distributions over rankings given as log-probs [B, P], per example [B]."""
+    log_m = torch.logsumexp(torch.stack([logp_s, logp_t]), dim=0) - math.log(2)
+    if form == "official":
+        m = log_m.exp()
+        return 0.5 * ((m * (log_m - logp_s)).sum(-1) + (m * (log_m - logp_t)).sum(-1))
+    return 0.5 * ((logp_s.exp() * (logp_s - log_m)).sum(-1) + (logp_t.exp() * (logp_t - log_m)).sum(-1))
+
+
+@register_method("pad")
+class PAD(Method):
+    description = "Match the student's Plackett-Luce distribution over rankings of its own samples to the teacher's."
+    paper = "Gu et al. 2025 (ACL Findings), arXiv 2502.14272"
+    Config = PADConfig
+    needs = ("scored_samples",)
+
+    def loss(self, model, batch):
+        cfg = self.config
+        signal = batch.signals["scored_samples"]
+        seqs, r_t = signal["seqs"], signal["teacher_scores"]
+        b, n = r_t.shape
+        if n < 2:
+            raise BenchError("pad needs at least 2 samples per prompt to rank; the budget has samples_per_prompt=1. "
+                             "Use --set samples_per_prompt=4 (the paper's n).")
+        total, count = sequence_logps(forward(model, seqs), seqs)
+        r_s = (total / count.clamp(min=1)).view(b, n)
+        perms = permutations(n).to(r_s.device)
+        logp_s = plackett_luce_logp(r_s, perms, cfg.beta)
+        if cfg.loss == "pd":
+            losses = ranking_jsd(logp_s, plackett_luce_logp(r_t, perms, cfg.beta), cfg.jsd_form)
+        else:
+            teacher_order = torch.argsort(r_t, dim=-1, descending=True)  # [B, n]
+            scaled = cfg.beta * torch.gather(r_s, 1, teacher_order)
+            losses = -(scaled - torch.logcumsumexp(scaled.flip(-1), -1).flip(-1)).sum(-1)
+        agree = (torch.argsort(r_s.detach(), -1, descending=True)[:, 0] == torch.argmax(r_t, -1)).float().mean()
+        return LossOutput([Term(cfg.loss, losses.sum(), "pairs")], student_tokens=seqs.n_tokens,
+                          stats={"top1_agreement": float(agree)})
