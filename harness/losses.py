@@ -76,6 +76,12 @@ def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(x)
 
 
+def smoothed_sigmoid_loss(h: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry loss on a preference logit h, with conservative label smoothing eps:
+    -(1 - eps) log sigmoid(h) - eps log sigmoid(-h) (DPO, SimPO, DPKD)."""
+    return -(1 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
+
+
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
     """GKD's generalised JSD per position (Agarwal et al. 2023, TRL's convention), over the full vocabulary.
 

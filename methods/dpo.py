@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import BenchError
-from harness.losses import forward, log_sigmoid, sequence_logps
+from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.registry import register_method
 
@@ -41,8 +41,7 @@ class DPO(Method):
         pr, _ = sequence_logps(forward(model, batch.rejected), batch.rejected)
         ref = batch.signals["reference_logps"]  # [B, 2]: chosen, rejected
         h = self.config.beta * ((pc - ref[:, 0]) - (pr - ref[:, 1]))
-        eps = self.config.label_smoothing
-        losses = -(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h)
+        losses = smoothed_sigmoid_loss(h, self.config.label_smoothing)
         return LossOutput(
             [Term("dpo", losses.sum(), "pairs")],
             student_tokens=batch.chosen.n_tokens + batch.rejected.n_tokens,

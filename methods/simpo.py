@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import BenchError
-from harness.losses import forward, log_sigmoid, sequence_logps
+from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.registry import register_method
 
@@ -45,8 +45,7 @@ class SimPO(Method):
         pc, nc = sequence_logps(forward(model, batch.chosen), batch.chosen)
         pr, nr = sequence_logps(forward(model, batch.rejected), batch.rejected)
         h = cfg.beta * (pc / nc.clamp(min=1) - pr / nr.clamp(min=1)) - cfg.gamma_beta_ratio * cfg.beta
-        eps = cfg.label_smoothing
-        losses = -(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h)
+        losses = smoothed_sigmoid_loss(h, cfg.label_smoothing)
         return LossOutput([Term("simpo", losses.sum(), "pairs")],
                           student_tokens=batch.chosen.n_tokens + batch.rejected.n_tokens,
                           stats={"reward_accuracy": float((h.detach() > 0).float().mean())})

@@ -202,3 +202,13 @@ class StubResample:
         self.calls.append({"temperature": temperature, "seed": seed})
         prompts = prompts_of(seqs)
         return with_responses(seqs, [[1, 2, 3]] * len(prompts), runtime.pad_id), 3 * len(prompts)
+
+
+def with_live_teacher(method, teacher=TEACHER, max_new_tokens=8, max_seq_len=32, eos_id=4):
+    """Hand a method the runtime the pipeline would: token ids, generation limits and a live teacher (a logits
+    table becomes a TokenLM; a model is used as is)."""
+    from harness.method import Runtime
+
+    method.runtime = Runtime(0, eos_id, max_new_tokens, max_seq_len,
+                             teacher=TokenLM(teacher) if isinstance(teacher, list) else teacher)
+    return method

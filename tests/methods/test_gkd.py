@@ -17,7 +17,6 @@ from harness.budgets import Budget
 from harness.errors import BenchError
 from harness.generation import generate_ids
 from harness.losses import forward, generalized_jsd, response_mask
-from harness.method import Runtime
 from harness.trainer import train
 from methods.gkd import GKD, GKDConfig
 from tests.methods.helpers import (
@@ -36,6 +35,7 @@ from tests.methods.helpers import (
     single_thread,
     tiny_llama,
     transitions,
+    with_live_teacher,
 )
 
 
@@ -46,10 +46,7 @@ def _one_thread():
 
 
 def gkd(teacher=TEACHER, max_new_tokens=8, max_seq_len=32, eos_id=4, **cfg):
-    method = GKD(GKDConfig(**cfg))
-    method.runtime = Runtime(0, eos_id, max_new_tokens, max_seq_len, teacher=TokenLM(teacher)
-                             if isinstance(teacher, list) else teacher)
-    return method
+    return with_live_teacher(GKD(GKDConfig(**cfg)), teacher, max_new_tokens, max_seq_len, eos_id)
 
 
 def expected_jsd(beta, student=STUDENT, rows=ROWS):

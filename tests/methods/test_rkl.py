@@ -12,7 +12,6 @@ import methods.gkd
 from harness.batch import collate, prompts_of
 from harness.errors import BenchError
 from harness.losses import forward, response_mask
-from harness.method import Runtime
 from methods.rkl import RKL, RKLConfig
 from tests.methods.helpers import (
     LLAMA_EOS,
@@ -30,6 +29,7 @@ from tests.methods.helpers import (
     single_thread,
     softmax,
     transitions,
+    with_live_teacher,
 )
 
 
@@ -40,10 +40,7 @@ def _one_thread():
 
 
 def rkl(teacher=TEACHER, max_new_tokens=8, max_seq_len=32, eos_id=4, **cfg):
-    method = RKL(RKLConfig(**cfg))
-    method.runtime = Runtime(0, eos_id, max_new_tokens, max_seq_len,
-                             teacher=TokenLM(teacher) if isinstance(teacher, list) else teacher)
-    return method
+    return with_live_teacher(RKL(RKLConfig(**cfg)), teacher, max_new_tokens, max_seq_len, eos_id)
 
 
 def expected_rkl(student=STUDENT, rows=ROWS):
