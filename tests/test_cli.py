@@ -30,8 +30,8 @@ def assert_clean_error(code: int, output: str, *needles: str):
 
 
 def test_unknown_method_lists_choices(tmp_path, shared_dir):
-    code, out = bench(*run_args(tmp_path, "--methods", "sft,dkcd", "--data-dir", str(shared_dir)))
-    assert_clean_error(code, out, "Unknown method 'dkcd'", "Did you mean 'dckd'", "sft", "dpo", "kd")
+    code, out = bench(*run_args(tmp_path, "--methods", "sft,dckdd", "--data-dir", str(shared_dir)))
+    assert_clean_error(code, out, "Unknown method 'dckdd'", "Did you mean 'dckd'", "sft", "dpo", "kd")
 
 
 def test_unknown_pair_lists_choices(tmp_path, shared_dir):
@@ -104,8 +104,8 @@ def test_leaderboard_without_results(tmp_path):
 
 
 @pytest.mark.parametrize("command,needles", [
-    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "arXiv 2502.17927", "shared tokenizer"]),
-    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B", "methods: dckd, dpo, gkd, kd, pad, plad, rkl, seqkd, sft, simpo"]),
+    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "arXiv 2502.17927", "shared tokenizer"]),
+    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B", "methods: dckd, dpkd, dpo, gkd, kd, pad, plad, rkl, seqkd, sft, simpo"]),
     ("budgets", ["tiny", "smoke", "paper", "12 steps"]),
 ])
 def test_listings(command, needles):

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from harness.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad"]
+METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     assert recs["dckd"]["compute"]["teacher_forward_tokens"] > recs["kd"]["compute"]["teacher_forward_tokens"] > 0
     # Cached teacher answers (seqkd) and on-policy samples with a live teacher (gkd, rkl) are accounted.
     assert recs["seqkd"]["compute"]["generated_tokens"] > 0 and recs["seqkd"]["compute"]["teacher_forward_tokens"] > 0
-    for name in ("gkd", "rkl"):
+    for name in ("gkd", "rkl", "dpkd"):
         assert recs[name]["compute"]["teacher_forward_tokens"] > 0
     assert recs["rkl"]["compute"]["generated_tokens"] > 0  # rkl samples every micro-batch
     assert recs["simpo"]["compute"]["teacher_forward_tokens"] == 0

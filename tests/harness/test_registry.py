@@ -181,4 +181,4 @@ def test_global_registries_hold_the_builtins():
     assert {"tiny", "smoke", "paper"} <= set(BUDGETS.names())
     assert "smollm2-135m" in PAIRS
     with pytest.raises(BenchError, match="Did you mean 'dckd'"):
-        METHODS.get("dkcd")
+        METHODS.get("dckdd")
