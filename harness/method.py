@@ -76,5 +76,13 @@ class Method:
     def name(self) -> str:
         return self.registered_name
 
+    def live_teacher_logits(self, seqs, vocab: int) -> torch.Tensor:
+        """The live teacher's next-token logits on ``seqs`` ([B, T-1, vocab], fp32, no gradient), cut to the
+        student's vocabulary (a larger teacher's padded embedding rows); the tokens count as teacher compute."""
+        with torch.no_grad():
+            out = self.runtime.teacher(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False)
+        self.usage["teacher_tokens"] += seqs.n_tokens
+        return out.logits[:, :-1, :vocab].float()
+
     def loss(self, model, batch: Batch) -> LossOutput:
         raise NotImplementedError

@@ -7,7 +7,6 @@ stage output only when they used the same weights.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ import torch
 
 from harness.cache import file_fingerprint, model_cache_dir, stable_hash
 from harness.errors import BenchError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from harness.signals import (
     compute_topk,
     load_signal,
     mean_logps,
+    pack,
     parse_signal,
     sample_many,
     save_signal,
@@ -277,12 +278,7 @@ class Run:
         teacher = self.teacher()
         scores, teacher_tokens = mean_logps(teacher, self.teacher_tokenizer, texts, b.max_prompt_len, b.max_seq_len,
                                             f"{desc}: teacher scores")
-        flat = [t for per in samples for t in per]
-        offsets = [0]
-        for t in flat:
-            offsets.append(offsets[-1] + len(t))
-        data = {"ids": torch.tensor([tok for t in flat for tok in t], dtype=torch.int64),
-                "offsets": torch.tensor(offsets, dtype=torch.int64),
+        data = {**pack([s for per in samples for s in per]),
                 "scores": torch.tensor(scores, dtype=torch.float32).view(len(rows), b.samples_per_prompt)}
         params = count_parameters(teacher)["matmul"]
         extra = {"generated_tokens": generated, "flops": 2 * params * teacher_tokens + 2 * student_params * generated}

@@ -103,6 +103,19 @@ def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -
     return {"logps": torch.cat(out)}, tokens
 
 
+def pack(token_lists: list[list[int]]) -> dict:
+    """Variable-length token lists stored flat: ``ids`` and per-list ``offsets``."""
+    offsets = [0]
+    for tokens in token_lists:
+        offsets.append(offsets[-1] + len(tokens))
+    return {"ids": torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.int64),
+            "offsets": torch.tensor(offsets, dtype=torch.int64)}
+
+
+def unpack(data: dict, i: int) -> list[int]:
+    return data["ids"][int(data["offsets"][i]):int(data["offsets"][i + 1])].tolist()
+
+
 def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: list[Encoded], max_prompt_len: int,
                     max_new_tokens: int, max_seq_len: int, desc: str, *, do_sample: bool = False,
                     temperature: float = 1.0, seed: int = 0) -> tuple[dict, int]:
@@ -115,15 +128,11 @@ def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: l
     eos = model_tokenizer.eos_token_id
     outs = generate_ids(model, prompts, max_new_tokens, pad_id=model_tokenizer.pad_token_id, eos_id=eos, desc=desc,
                         do_sample=do_sample, temperature=temperature, seed=seed)
-    offsets, flat, generated = [0], [], 0
+    answers = []
     for ex, row, new in zip(examples, rows, outs):
-        generated += len(new)
         text = model_tokenizer.decode(new, skip_special_tokens=True).strip()
-        ids = response_ids(student_tokenizer, ex.messages, text)[: max_seq_len - len(row.prompt_ids)]
-        flat += ids
-        offsets.append(len(flat))
-    return ({"ids": torch.tensor(flat, dtype=torch.int64), "offsets": torch.tensor(offsets, dtype=torch.int64)},
-            generated)
+        answers.append(response_ids(student_tokenizer, ex.messages, text)[: max_seq_len - len(row.prompt_ids)])
+    return pack(answers), sum(len(new) for new in outs)
 
 
 def sample_many(model, tokenizer, examples, rows: list[Encoded], n: int, max_prompt_len: int, max_new_tokens: int,
@@ -201,13 +210,11 @@ def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
         if spec.kind == "topk":
             out[name] = collate_topk(data, batch.index, getattr(batch, spec.side))
         elif spec.kind == "samples":
-            responses = [data["ids"][int(data["offsets"][i]):int(data["offsets"][i + 1])].tolist() for i in batch.index]
-            out[name] = with_responses(batch.chosen, responses, pad_id)
+            out[name] = with_responses(batch.chosen, [unpack(data, i) for i in batch.index], pad_id)
         elif spec.kind == "scored_samples":
             n = data["scores"].shape[1]
             prompts = prompts_of(batch.chosen)
-            responses = [data["ids"][int(data["offsets"][i * n + j]):int(data["offsets"][i * n + j + 1])].tolist()
-                         for i in batch.index for j in range(n)]
+            responses = [unpack(data, i * n + j) for i in batch.index for j in range(n)]
             out[name] = {"seqs": pad_sequences([p for p in prompts for _ in range(n)], responses, pad_id),
                          "teacher_scores": data["scores"][batch.index]}
         else:

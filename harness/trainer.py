@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -71,7 +72,7 @@ def step_loss(method: Method, model, micro_batches, accelerator: Accelerator) ->
     for i, mb in enumerate(micro_batches):
         mb = mb.to(accelerator.device)
         sync = i == len(micro_batches) - 1
-        ctx = accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else _null()
+        ctx = accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext()
         with ctx:
             out = method.loss(model, mb)
             loss = sum(term.total / max(totals[term.per], 1) for term in out.terms) * scale
@@ -83,14 +84,6 @@ def step_loss(method: Method, model, micro_batches, accelerator: Accelerator) ->
         for k, v in out.stats.items():
             terms[k] = terms.get(k, 0.0) + v / len(micro_batches)
     return loss_value, terms, tokens
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Budget, pad_id: int,

@@ -54,13 +54,6 @@ class DPKD(Method):
     needs = ("teacher_samples", "student_samples", "teacher_model")
     needs_shared_vocab = True
 
-    def _teacher_logits(self, seqs, vocab: int) -> torch.Tensor:
-        teacher = self.runtime.teacher
-        with torch.no_grad():
-            out = teacher(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False)
-        self.usage["teacher_tokens"] += seqs.n_tokens
-        return out.logits[:, :-1, :vocab].float()
-
     def loss(self, model, batch):
         if self.config.variant == "token_argmax":
             return self._token_loss(model, batch)
@@ -69,8 +62,8 @@ class DPKD(Method):
         logits_good, logits_bad = forward(model, good), forward(model, bad)
         q_good, _ = sequence_logps(logits_good, good)
         q_bad, _ = sequence_logps(logits_bad, bad)
-        p_good, _ = sequence_logps(self._teacher_logits(good, logits_good.shape[-1]), good)
-        p_bad, _ = sequence_logps(self._teacher_logits(bad, logits_bad.shape[-1]), bad)
+        p_good, _ = sequence_logps(self.live_teacher_logits(good, logits_good.shape[-1]), good)
+        p_bad, _ = sequence_logps(self.live_teacher_logits(bad, logits_bad.shape[-1]), bad)
         h = cfg.beta * ((q_good - p_good) - (q_bad - p_bad))
         return LossOutput([Term("dpkd", smoothed_sigmoid_loss(h, cfg.label_smoothing).sum(), "pairs")],
                           student_tokens=good.n_tokens + bad.n_tokens,
@@ -81,7 +74,7 @@ class DPKD(Method):
         seqs = batch.chosen
         logits = forward(model, seqs)
         lq = torch.log_softmax(logits, dim=-1)
-        lp = torch.log_softmax(self._teacher_logits(seqs, logits.shape[-1]), dim=-1)
+        lp = torch.log_softmax(self.live_teacher_logits(seqs, logits.shape[-1]), dim=-1)
         y_t = lp.argmax(-1, keepdim=True)
         y_s = lq.detach().argmax(-1, keepdim=True)
         h = (lq.gather(-1, y_t) - lq.gather(-1, y_s) - (lp.gather(-1, y_t) - lp.gather(-1, y_s))).squeeze(-1)

@@ -49,11 +49,9 @@ def on_policy(method: Method, model, batch, rng, temperature: float):
 
 def live_divergence(method: Method, model, seqs, beta: float) -> tuple[torch.Tensor, int]:
     """Summed per-token generalised JSD between the student and the live teacher on ``seqs``."""
-    teacher = method.runtime.teacher
-    with torch.no_grad():
-        t_logits = teacher(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits[:, :-1]
-    method.usage["teacher_tokens"] += seqs.n_tokens
-    div = generalized_jsd(forward(model, seqs), t_logits, beta) * response_mask(seqs)
+    logits = forward(model, seqs)
+    t_logits = method.live_teacher_logits(seqs, logits.shape[-1])
+    div = generalized_jsd(logits, t_logits, beta) * response_mask(seqs)
     return div.sum(), seqs.n_tokens
 
 
