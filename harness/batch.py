@@ -45,6 +45,10 @@ class Batch:
         counts = {"pairs": len(self.index), "chosen_tokens": self.chosen.n_response_tokens,
                   "rejected_tokens": self.rejected.n_response_tokens}
         for name, value in self.signals.items():  # sampled responses: "<signal>_tokens"
+            if isinstance(value, dict):
+                if "keep" in value:  # examples a filter keeps in the loss: "<signal>_kept"
+                    counts[f"{name}_kept"] = int(value["keep"].sum())
+                value = value.get("seqs")
             if isinstance(value, Sequences):
                 counts[f"{name}_tokens"] = value.n_response_tokens
         return counts

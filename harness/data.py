@@ -279,6 +279,12 @@ class Splits:
     test: list[PreferenceExample]
     dropped_for_leakage: int
     dropped_empty: int = 0
+    # Train-split rows not drawn for training (seeded order, at most SPARE_ROWS): a validation set for methods
+    # that steer themselves by a validation loss (DistiLLM), never the test rows the metrics are computed on.
+    spare: list[PreferenceExample] = field(default_factory=list)
+
+
+SPARE_ROWS = 32
 
 
 def load_splits(source: DataSource, n_train: int, n_eval: int, seed: int) -> Splits:
@@ -301,7 +307,11 @@ def load_splits(source: DataSource, n_train: int, n_eval: int, seed: int) -> Spl
     rng = random.Random(seed)
     train_idx = sorted(rng.sample(range(len(clean)), n_train))
     test_idx = sorted(random.Random(seed + 1).sample(range(len(test)), min(n_eval, len(test))))
-    return Splits([clean[i] for i in train_idx], [test[i] for i in test_idx], dropped, empty)
+    taken = set(train_idx)
+    spare = [i for i in range(len(clean)) if i not in taken]
+    random.Random(seed + 2).shuffle(spare)
+    return Splits([clean[i] for i in train_idx], [test[i] for i in test_idx], dropped, empty,
+                  [clean[i] for i in spare[:SPARE_ROWS]])
 
 
 def _usable(ex: PreferenceExample) -> bool:

@@ -97,3 +97,19 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         return (s.exp() * (s - t)).sum(-1)
     m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
     return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+
+
+def skewed_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DistiLLM's skew KL per position: KL(P || alpha P + (1 - alpha) Q), full vocabulary, fp32.
+
+    Skew forward KL is ``skewed_kl(teacher, student, alpha)``; skew reverse KL, KL(Q || (1 - alpha) P + alpha Q),
+    is ``skewed_kl(student, teacher, alpha)``. alpha = 0 is the plain KL; the mixture keeps the log finite
+    where Q has no mass.
+    """
+    vocab = min(p_logits.shape[-1], q_logits.shape[-1])
+    p = torch.log_softmax(p_logits[..., :vocab].float(), dim=-1)
+    q = torch.log_softmax(q_logits[..., :vocab].float(), dim=-1)
+    if alpha == 0:
+        return (p.exp() * (p - q)).sum(-1)
+    m = torch.logsumexp(torch.stack([p + math.log(alpha), q + math.log(1 - alpha)]), dim=0)
+    return (p.exp() * (p - m)).sum(-1)

@@ -44,6 +44,9 @@ class Runtime:
     max_new_tokens: int
     max_seq_len: int
     teacher: object | None = None  # set when the method needs "teacher_model"
+    total_steps: int = 0  # optimizer steps of the budget
+    steps_per_epoch: int = 0  # optimizer steps per pass over the training rows
+    validation: list = field(default_factory=list)  # spare train-split rows (Encoded) never trained on
 
 
 @dataclass
@@ -59,13 +62,24 @@ class Method:
     Config: ClassVar[type] = MethodConfig
     needs: ClassVar[tuple[str, ...]] = ()  # signal names, e.g. "teacher_topk:chosen", "reference_logps"
     needs_shared_vocab: ClassVar[bool] = False
+    # Another method whose trained student this one starts from (ADPA+ starts from DCKD): a stage dependency.
+    starts_from: ClassVar[str | None] = None
     registered_name: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
         self.runtime: Runtime | None = None
         # Work done inside prepare_batch/loss beyond the student's own forward passes, for compute records.
-        self.usage = {"teacher_tokens": 0, "generated_tokens": 0}
+        self.usage = {"teacher_tokens": 0, "generated_tokens": 0, "student_forward_tokens": 0}
+        self.step = 0  # the optimizer step being prepared (1-based), set by the trainer
+
+    def signal_options(self, name: str) -> dict:
+        """Settings of this method's config that change how a needed signal is computed (they join its cache
+        key); most signals have none."""
+        return {}
+
+    def start_training(self) -> None:
+        """Called by the trainer before the first step: reset any state kept across steps."""
 
     def prepare_batch(self, model, batch: Batch, rng) -> Batch:
         """Called once per micro-batch before the step's counts are taken: on-policy methods replace

@@ -37,15 +37,18 @@ from harness.models import count_parameters, load_model, load_tokenizer
 from harness.pairs import Pair
 from harness.registry import METHODS
 from harness.signals import (
+    compute_advantage,
     compute_samples,
     compute_sequence_logps,
     compute_topk,
     load_signal,
     mean_logps,
+    most_different,
     pack,
     parse_signal,
     sample_many,
     save_signal,
+    teacher_mcq,
 )
 from harness.trainer import train
 
@@ -145,6 +148,8 @@ class Run:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._teacher = None
         self.stage_times: dict[str, float] = {}
+        self.methods: dict = {}  # this run's methods by name (set by run(); dependencies added on demand)
+        self.dependents: set[str] = set()  # methods that another method of the run starts from
 
     # ------------------------------------------------------------------ data
     def prepare_data(self) -> None:
@@ -162,6 +167,8 @@ class Run:
                            for ex in tqdm(splits.train, desc="encode train", leave=False)]
         self.test_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, self.test_stats)
                           for ex in tqdm(splits.test, desc="encode test", leave=False)]
+        self.spare_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, EncodeStats())
+                           for ex in splits.spare]
         self.data_info = {
             "dataset": dataset, "source": source.kind, "location": source.location, "fingerprint": source.fingerprint,
             "train_rows": len(self.train_rows), "test_rows": len(self.test_rows),
@@ -207,22 +214,96 @@ class Run:
         model = load_model_from(self.cache.path("warmstart", key) / "checkpoint")
         return model.to(self.device)
 
+    def start_key(self, method) -> str:
+        """The student a method starts from: the run's initial student, or another method's trained student."""
+        if method.starts_from is None:
+            return self.student_init_key()
+        return self.train_key(*self.dependency(method))
+
+    def dependency(self, method) -> tuple[str, object]:
+        """The method another starts from, configured as in this run when the run has it (ADPA+ continues the
+        run's own DCKD), otherwise with its defaults."""
+        name = method.starts_from
+        if name not in self.methods:
+            self.methods[name] = METHODS.get(name)()
+        return name, self.methods[name]
+
+    def load_start(self, method):
+        if method.starts_from is None:
+            return self.load_student_init()
+        name, dep = self.dependency(method)
+        return load_model_from(self.train_stage(name, dep, checkpoint=True)["folder"] / "checkpoint").to(self.device)
+
+    def aligned_teachers(self, options: dict):
+        """ADPA's (aligned, reference) teacher pair: the pair's teacher and its named reference teacher when the
+        pair names one; otherwise a DPO-trained copy of the teacher (a cached stage) and the teacher itself."""
+        if self.pair.reference_teacher is not None:
+            say(f"loading reference teacher {self.pair.reference_teacher.describe()}")
+            return self.teacher(), load_model(self.pair.reference_teacher).to(self.device), {"teacher_dpo": None}
+        model, info = self.teacher_dpo(options)
+        return model, self.teacher(), {"teacher_dpo": info}
+
+    def teacher_dpo_key(self, options: dict) -> str:
+        return stable_hash({"stage": "teacher_dpo", "teacher": self.pair.teacher.identity(), "data": self.data_key,
+                            "budget": self.budget.to_dict(), "options": options, "bench": harness.__version__})
+
+    def teacher_dpo(self, options: dict):
+        """DPO of the teacher on the run's preference rows (the paper's "DPO teacher"), the teacher as its own
+        reference; same rows, order and steps as the students' budget, beta and learning rate from ``options``."""
+        from methods.dpo import DPO, DPOConfig
+
+        key = self.teacher_dpo_key(options)
+        if not self.cache.has("teacher_dpo", key):
+            t0 = time.perf_counter()
+            teacher = self.teacher()
+            ref, ref_tokens = compute_sequence_logps(teacher, self.train_rows, self.tokenizer.pad_token_id,
+                                                     "teacher DPO: reference log-probs")
+            say(f"teacher DPO: {self.budget.optimizer_steps} steps, beta {options['beta']}, lr {options['lr']}")
+            model = load_model(self.pair.teacher).to(self.device)
+            dpo = DPO(DPOConfig(beta=options["beta"]))
+            dpo.registered_name = "teacher-dpo"
+            lr = self.budget.learning_rate if options["lr"] == "budget" else options["lr"]
+            budget = self.budget.with_overrides(learning_rate=lr)
+            result = train(dpo, model, self.train_rows, {"reference_logps": ref}, budget,
+                           self.tokenizer.pad_token_id, self.budget.seed, desc="teacher DPO")
+            params = count_parameters(model)["matmul"]
+            info = {"optimizer_steps": result.optimizer_steps, "trained_tokens": result.student_tokens,
+                    "reference_tokens": ref_tokens, "params": params, "options": options,
+                    "flops": 6 * params * result.student_tokens + 2 * params * ref_tokens,
+                    "final_loss": result.loss_curve[-1]["loss"], "wall_clock_s": time.perf_counter() - t0}
+            with self.cache.build("teacher_dpo", key) as out:
+                model.save_pretrained(out / "checkpoint", safe_serialization=True)
+                write_json_atomic(out / "info.json", info)
+            say(f"teacher DPO: final loss {info['final_loss']:.4f} in {info['wall_clock_s']:.0f}s")
+        folder = self.cache.path("teacher_dpo", key)
+        info = {**json.loads((folder / "info.json").read_text()), "stage_key": key}
+        return load_model_from(folder / "checkpoint").to(self.device), info
+
     # ------------------------------------------------------------------ signals
-    def signal_key(self, name: str, split: str) -> str:
+    def signal_key(self, name: str, split: str, method=None) -> str:
         spec = parse_signal(name)
-        producer = self.pair.teacher.identity() if spec.source == "teacher" else self.student_init_key()
+        student = self.start_key(method) if method is not None else self.student_init_key()
+        producer = self.pair.teacher.identity() if spec.source == "teacher" else student
         if spec.kind == "scored_samples":  # sampled from the student, scored by the teacher
-            producer = [self.student_init_key(), self.pair.teacher.identity()]
+            producer = [student, self.pair.teacher.identity()]
+        if spec.kind == "advantage":
+            reference = self.pair.reference_teacher.identity() if self.pair.reference_teacher else None
+            producer = [student, self.pair.teacher.identity(), reference]
         key = {"signal": name, "split": split, "producer": producer, "data": self.data_key,
-               "k": self.budget.teacher_top_k if spec.kind == "topk" else None}
-        if spec.kind in ("samples", "scored_samples"):
+               "k": self.budget.teacher_top_k if spec.kind in ("topk", "advantage") else None}
+        if spec.kind in ("samples", "scored_samples", "advantage"):
             key.update(gen=self.budget.gen_max_new_tokens, seed=self.budget.seed)
         if spec.kind == "scored_samples":
             key.update(n=self.budget.samples_per_prompt)
+        options = method.signal_options(name) if method is not None else {}
+        if options:
+            key.update(options=options)
+        if spec.kind == "advantage":  # the teacher-DPO stage it may train depends on the whole budget
+            key.update(budget=self.budget.to_dict())
         return stable_hash(key)
 
-    def signal(self, name: str, split: str) -> tuple[dict, dict]:
-        key = self.signal_key(name, split)
+    def signal(self, name: str, split: str, method=None) -> tuple[dict, dict]:
+        key = self.signal_key(name, split, method)
         if not self.cache.has("signals", key):
             spec = parse_signal(name)
             rows = self.train_rows if split == "train" else self.test_rows
@@ -237,7 +318,7 @@ class Run:
                 examples = self.train_examples if split == "train" else self.test_examples
                 # Teacher answers are greedy (SeqKD); the student's are sampled at temperature 1, seeded.
                 from_teacher = spec.source == "teacher"
-                model = self.teacher() if from_teacher else self.load_student_init()
+                model = self.teacher() if from_teacher else self.student_for(method)
                 data, tokens = compute_samples(
                     model, self.teacher_tokenizer if from_teacher else self.tokenizer, self.tokenizer, examples, rows,
                     self.budget.max_prompt_len, self.budget.gen_max_new_tokens, self.budget.max_seq_len, desc,
@@ -246,15 +327,17 @@ class Run:
                 if not from_teacher:
                     del model
             elif spec.kind == "scored_samples":
-                data, tokens, params, extra = self.scored_samples(rows, split, desc)
+                data, tokens, params, extra = self.scored_samples(rows, split, desc, method)
+            elif spec.kind == "advantage":
+                data, tokens, params, extra = self.advantage(rows, method, desc)
             else:
-                model = self.load_student_init()
+                model = self.student_for(method)
                 data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
                 params = count_parameters(model)["matmul"]
                 del model
             info = {"name": name, "split": split, "kind": spec.kind, "forward_tokens": tokens, "model_params": params,
                     "flops": 2 * params * tokens, "generated_tokens": tokens if spec.kind == "samples" else 0}
-            if spec.kind == "scored_samples":
+            if spec.kind in ("scored_samples", "advantage"):
                 info.update(extra)
             info["wall_clock_s"] = time.perf_counter() - t0
             with self.cache.build("signals", key) as out:
@@ -262,27 +345,73 @@ class Run:
                 write_json_atomic(out / "info.json", info)
             say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
         folder = self.cache.path("signals", key)
-        return load_signal(folder), json.loads((folder / "info.json").read_text())
+        return load_signal(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
 
-    def scored_samples(self, rows, split: str, desc: str) -> tuple[dict, int, int, dict]:
-        """Several student samples per prompt, scored by the teacher as text (so no shared tokenizer is needed)."""
+    def student_for(self, method):
+        return self.load_start(method) if method is not None else self.load_student_init()
+
+    def scored_samples(self, rows, split: str, desc: str, method=None) -> tuple[dict, int, int, dict]:
+        """Several student samples per prompt, scored by the teacher as text (so no shared tokenizer is needed):
+        its length-normalised log-likelihood always, its multiple-choice preference score when asked. With
+        ``diverse_from`` m > n, m samples are drawn and the n most mutually different kept (PAD's options)."""
         b = self.budget
+        options = method.signal_options("scored_samples") if method is not None else {}
+        n, m = b.samples_per_prompt, max(options.get("diverse_from", 0), b.samples_per_prompt)
         examples = self.train_examples if split == "train" else self.test_examples
-        student = self.load_student_init()
-        samples, generated = sample_many(student, self.tokenizer, examples, rows, b.samples_per_prompt,
-                                         b.max_prompt_len, b.gen_max_new_tokens, b.max_seq_len, b.seed, desc)
+        student = self.student_for(method)
+        drawn, generated = sample_many(student, self.tokenizer, examples, rows, m, b.max_prompt_len,
+                                       b.gen_max_new_tokens, b.max_seq_len, b.seed, desc)
         student_params = count_parameters(student)["matmul"]
         del student
-        texts = [(ex.messages, self.tokenizer.decode(s, skip_special_tokens=True).strip())
-                 for ex, per in zip(examples, samples) for s in per]
+        samples, distinct = drawn, [True] * len(drawn)
+        if m > n:
+            decoded = [[self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in per] for per in drawn]
+            picks = [most_different(texts, n) for texts in decoded]
+            samples = [[per[k] for k in kept] for per, (kept, _) in zip(drawn, picks)]
+            distinct = [ok for _, ok in picks]
+        texts = [[self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in per] for per in samples]
         teacher = self.teacher()
-        scores, teacher_tokens = mean_logps(teacher, self.teacher_tokenizer, texts, b.max_prompt_len, b.max_seq_len,
-                                            f"{desc}: teacher scores")
+        scores, teacher_tokens = mean_logps(teacher, self.teacher_tokenizer,
+                                            [(ex.messages, t) for ex, per in zip(examples, texts) for t in per],
+                                            b.max_prompt_len, b.max_seq_len, f"{desc}: teacher scores")
         data = {**pack([s for per in samples for s in per]),
-                "scores": torch.tensor(scores, dtype=torch.float32).view(len(rows), b.samples_per_prompt)}
+                "scores": torch.tensor(scores, dtype=torch.float32).view(len(rows), n)}
+        extra = {"generated_tokens": generated, "samples_drawn_per_prompt": m}
+        if m > n:
+            data["distinct"] = torch.tensor(distinct, dtype=torch.bool)
+            extra["prompts_without_distinct_samples"] = distinct.count(False)
+        if options.get("mcq"):
+            mcq, mcq_tokens = teacher_mcq(teacher, self.teacher_tokenizer, [ex.prompt for ex in examples], texts,
+                                          b.max_prompt_len, f"{desc}: teacher MCQ")
+            data["mcq"] = torch.tensor(mcq, dtype=torch.float32)
+            teacher_tokens += mcq_tokens
+            extra["mcq_forward_tokens"] = mcq_tokens
         params = count_parameters(teacher)["matmul"]
-        extra = {"generated_tokens": generated, "flops": 2 * params * teacher_tokens + 2 * student_params * generated}
+        extra["flops"] = 2 * params * teacher_tokens + 2 * student_params * generated
         return data, teacher_tokens, params, extra
+
+    def advantage(self, rows, method, desc: str) -> tuple[dict, int, int, dict]:
+        """ADPA's signal from the method's starting student, its aligned teacher and the chosen reference."""
+        options = method.signal_options("adpa_advantage")
+        dpo, ref_teacher, extra = self.aligned_teachers(options["teacher_dpo"])
+        student = self.load_start(method)
+        ref = student if options["reference"] == "student" else ref_teacher
+        b = self.budget
+        data, counts = compute_advantage(student, dpo, ref, rows, b.teacher_top_k, len(self.tokenizer),
+                                         self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                                         b.gen_max_new_tokens, b.max_seq_len, desc)
+        t_params, s_params = count_parameters(dpo)["matmul"], count_parameters(student)["matmul"]
+        r_params = count_parameters(ref)["matmul"]
+        forwarded = counts["forward_tokens_per_model"]
+        dpo_stage = extra["teacher_dpo"]
+        flops = (2 * s_params * counts["generated_tokens"] + 2 * (t_params + r_params) * forwarded
+                 + (dpo_stage["flops"] if dpo_stage else 0))
+        teacher_tokens = forwarded * (1 if options["reference"] == "student" else 2)
+        if dpo_stage:
+            teacher_tokens += dpo_stage["trained_tokens"] + dpo_stage["reference_tokens"]
+        extra.update(generated_tokens=counts["generated_tokens"], flops=flops, teacher_tokens=teacher_tokens,
+                     reference=options["reference"])
+        return data, forwarded, t_params, extra
 
     # ------------------------------------------------------------------ evaluation
     def eval_key(self, model_key: str) -> str:
@@ -309,53 +438,82 @@ class Run:
                 **json.loads((self.cache.path("eval", key) / "eval.json").read_text())}
 
     # ------------------------------------------------------------------ one method
-    def train_key(self, name: str, method, signal_keys: dict) -> str:
+    def train_key(self, name: str, method) -> str:
         return stable_hash({"method": name, "config": method.config.to_dict(), "budget": self.budget.to_dict(),
-                            "init": self.student_init_key(), "data": self.data_key, "signals": signal_keys,
-                            "bench": harness.__version__})
+                            "init": self.start_key(method), "data": self.data_key,
+                            "signals": self.method_signal_keys(method), "bench": harness.__version__})
+
+    def method_signal_keys(self, method) -> dict:
+        keys = {s: self.signal_key(s, "train", method) for s in method.needs if parse_signal(s).kind != "live"}
+        if "teacher_model" in method.needs:
+            keys["teacher_model"] = stable_hash(self.pair.teacher.identity())
+        return keys
+
+    def train_stage(self, name: str, method, *, checkpoint: bool = False, need_model: bool = False) -> dict:
+        """Train ``name`` unless its stage is cached. ``checkpoint``: its weights must be on disk (another method
+        starts from them); ``need_model``: the caller needs the trained model (to evaluate it)."""
+        key = self.train_key(name, method)
+        folder = self.cache.path("train", key)
+        have = self.cache.has("train", key)
+        if have and ((folder / "checkpoint").exists() or not (checkpoint or need_model)):
+            return {"key": key, "folder": folder, "model": None}
+        model, info = self._train(name, method)
+        if not have:
+            with self.cache.build("train", key) as out:
+                if self.budget.save_checkpoints or checkpoint:
+                    model.save_pretrained(out / "checkpoint", safe_serialization=True)
+                write_json_atomic(out / "train.json", info)
+        elif checkpoint:  # cached by a budget that saves no weights, and now another method starts from them
+            tmp = folder / f".checkpoint-{os.getpid()}"
+            model.save_pretrained(tmp, safe_serialization=True)
+            os.replace(tmp, folder / "checkpoint")
+        return {"key": key, "folder": folder, "model": model}
+
+    def _train(self, name: str, method):
+        cached = [s for s in method.needs if parse_signal(s).kind != "live"]
+        signals, signal_info = {}, {}
+        for s in cached:
+            signals[s], signal_info[s] = self.signal(s, "train", method)
+        teacher = self.teacher() if "teacher_model" in method.needs else None
+        b = self.budget
+        method.runtime = Runtime(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, b.gen_max_new_tokens,
+                                 b.max_seq_len, teacher, total_steps=b.optimizer_steps,
+                                 steps_per_epoch=max(1, len(self.train_rows) // b.examples_per_step),
+                                 validation=self.spare_rows)
+        model = self.load_start(method)
+        start = f", starting from the {method.starts_from} student" if method.starts_from else ""
+        say(f"train {name}: {b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
+        params = count_parameters(model)["matmul"]
+        result = train(method, model, self.train_rows, signals, b, self.tokenizer.pad_token_id, b.seed,
+                       desc=f"train {name}")
+        info = {"loss_curve": result.loss_curve, "optimizer_steps": result.optimizer_steps,
+                "student_tokens": result.student_tokens, "wall_clock_s": result.wall_clock_s,
+                "live_teacher_tokens": result.teacher_tokens, "generated_tokens": result.generated_tokens,
+                "student_forward_tokens": result.student_forward_tokens,
+                "teacher_params": count_parameters(teacher)["matmul"] if teacher is not None else 0,
+                "student_params": params, "signals": signal_info, "git_revision": git_revision(),
+                "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if method.starts_from:
+            dep_name, dep = self.dependency(method)
+            dep_key = self.train_key(dep_name, dep)
+            dep_info = json.loads((self.cache.path("train", dep_key) / "train.json").read_text())
+            info["starts_from"] = {"method": dep_name, "train_stage_key": dep_key, "compute": compute_record(dep_info)}
+        say(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+        return model, info
 
     def run_method(self, name: str, method) -> dict:
-        cached = [s for s in method.needs if parse_signal(s).kind != "live"]
-        signal_keys = {s: self.signal_key(s, "train") for s in cached}
-        if "teacher_model" in method.needs:
-            signal_keys["teacher_model"] = stable_hash(self.pair.teacher.identity())
-        key = self.train_key(name, method, signal_keys)
-        trained = {}
-        have_train = self.cache.has("train", key)
-        have_ckpt = have_train and (self.cache.path("train", key) / "checkpoint").exists()
-        if not (have_train and self.cache.has("eval", self.eval_key(key))) and not have_ckpt:
-            signals, signal_info = {}, {}
-            for s in cached:
-                signals[s], signal_info[s] = self.signal(s, "train")
-            teacher = self.teacher() if "teacher_model" in method.needs else None
-            method.runtime = Runtime(self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                                     self.budget.gen_max_new_tokens, self.budget.max_seq_len, teacher)
-            say(f"train {name}: {self.budget.optimizer_steps} steps of {self.budget.examples_per_step} pairs")
-            model = self.load_student_init()
-            params = count_parameters(model)["matmul"]
-            result = train(method, model, self.train_rows, signals, self.budget, self.tokenizer.pad_token_id,
-                           self.budget.seed, desc=f"train {name}")
-            trained["model"] = model
-            info = {"loss_curve": result.loss_curve, "optimizer_steps": result.optimizer_steps,
-                    "student_tokens": result.student_tokens, "wall_clock_s": result.wall_clock_s,
-                    "live_teacher_tokens": result.teacher_tokens, "generated_tokens": result.generated_tokens,
-                    "teacher_params": count_parameters(teacher)["matmul"] if teacher is not None else 0,
-                    "student_params": params, "signals": signal_info, "git_revision": git_revision(),
-                    "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            if not have_train:
-                with self.cache.build("train", key) as out:
-                    if self.budget.save_checkpoints:
-                        model.save_pretrained(out / "checkpoint", safe_serialization=True)
-                    write_json_atomic(out / "train.json", info)
-            say(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+        key = self.train_key(name, method)
+        stage = self.train_stage(name, method, checkpoint=name in self.dependents,
+                                 need_model=not self.cache.has("eval", self.eval_key(key)))
+        trained = {"model": stage["model"]} if stage["model"] is not None else {}
 
         def model_fn():
             if "model" not in trained:
-                trained["model"] = load_model_from(self.cache.path("train", key) / "checkpoint").to(self.device)
+                trained["model"] = load_model_from(stage["folder"] / "checkpoint").to(self.device)
             return trained["model"]
 
         evaluation = self.evaluate(model_fn, key, name)
-        info = json.loads((self.cache.path("train", key) / "train.json").read_text())
+        info = json.loads((stage["folder"] / "train.json").read_text())
         return {"train_key": key, "train": info, "eval": evaluation}
 
 
@@ -379,15 +537,18 @@ def compute_record(train_info: dict) -> dict:
         return sum(s["forward_tokens"] for s in signals if keep(specs[s["name"]]))
 
     live_teacher = train_info.get("live_teacher_tokens", 0)
-    # Teacher work: top-k forwards, its generated answers, its scoring of student samples.
-    cached_teacher = tokens(lambda spec: spec.source == "teacher" or spec.kind == "scored_samples")
+    # Teacher work: top-k forwards, its generated answers, its scoring of student samples (a signal that
+    # involves several models, such as ADPA's, states its teacher tokens itself).
+    cached_teacher = sum(s["teacher_tokens"] for s in signals if "teacher_tokens" in s) + tokens(
+        lambda spec: spec.kind != "advantage" and (spec.source == "teacher" or spec.kind == "scored_samples"))
     generated = train_info.get("generated_tokens", 0) + sum(s.get("generated_tokens", 0) for s in signals)
     # 6N per trained token (forward + backward), 2N per forward-only or generated token; N = matmul parameters.
     flops = (6 * train_info["student_params"] * train_info["student_tokens"]
              + sum(s["flops"] for s in signals)
              + 2 * train_info.get("teacher_params", 0) * live_teacher
-             + 2 * train_info["student_params"] * train_info.get("generated_tokens", 0))
-    return {
+             + 2 * train_info["student_params"] * (train_info.get("generated_tokens", 0)
+                                                  + train_info.get("student_forward_tokens", 0)))
+    record = {
         "optimizer_steps": train_info["optimizer_steps"],
         "student_tokens_trained": train_info["student_tokens"],
         "teacher_forward_tokens": cached_teacher + live_teacher,
@@ -397,6 +558,21 @@ def compute_record(train_info: dict) -> dict:
         "flops_estimate": flops,
         "signals_shared": sorted(train_info["signals"]),
     }
+    stages = {name: {"stage_key": s["stage_key"], "wall_clock_s": round(s["wall_clock_s"], 2)}
+              for name, s in train_info["signals"].items() if "stage_key" in s}
+    for name, s in train_info["signals"].items():  # ADPA's signal includes the (shared) teacher-DPO stage
+        if s.get("teacher_dpo") and name in stages:
+            stages[name]["teacher_dpo"] = {"stage_key": s["teacher_dpo"]["stage_key"],
+                                           "wall_clock_s": round(s["teacher_dpo"]["wall_clock_s"], 2)}
+    if stages:
+        record["signal_stages"] = stages
+    dep = train_info.get("starts_from")
+    if dep:  # a method that continues another's student carries that training's cost too (ADPA+ = DCKD + ADPA)
+        for field in ("optimizer_steps", "student_tokens_trained", "teacher_forward_tokens",
+                      "reference_forward_tokens", "generated_tokens", "wall_clock_s", "flops_estimate"):
+            record[field] = round(record[field] + dep["compute"][field], 2)
+        record["starts_from"] = dep
+    return record
 
 
 def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_curve: list[dict] | None) -> None:
@@ -427,6 +603,8 @@ def run(opts: RunOptions) -> Path:
     for folder in (opts.results_dir, opts.cache_dir):
         check_writable(folder)
     r = Run(opts)
+    r.methods = dict(methods)
+    r.dependents = {m.starts_from for m in methods.values() if m.starts_from}
     r.prepare_data()
     run_dir = opts.results_dir / opts.pair.name / opts.name
     run_dir.mkdir(parents=True, exist_ok=True)

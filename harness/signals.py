@@ -9,13 +9,20 @@ A method declares what it consumes (``needs``); here is where each of those come
 - ``student_samples`` — one response per prompt sampled (temperature 1, seeded) from the initial student;
 - ``scored_samples`` — ``samples_per_prompt`` answers per prompt sampled from the initial student (temperature 1,
   top-p 0.95, seeded), each scored by the teacher's length-normalised log-likelihood under its own template (PAD);
+- ``adpa_advantage`` — the starting student's greedy answer to each prompt, with the aligned (DPO) teacher's top-k
+  log-probs at every answer position and the reference model's log-probs of those same tokens (ADPA);
 - ``teacher_model`` — not cached: the live teacher, handed to the method (``method.runtime.teacher``).
+
+"Student" signals come from the student a method starts from: the initial student, or for a method that starts
+from another method's result (ADPA+ from DCKD) that result.
 
 Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +55,15 @@ def parse_signal(name: str) -> SignalSpec:
         return SignalSpec(name, "student_init", "samples")
     if name == "scored_samples":
         return SignalSpec(name, "student_init", "scored_samples")
+    if name == "adpa_advantage":
+        return SignalSpec(name, "student_init", "advantage")
     if name == "teacher_model":
         return SignalSpec(name, "teacher", "live")
     kind, _, side = name.partition(":")
     if kind == "teacher_topk" and side in ("chosen", "rejected"):
         return SignalSpec(name, "teacher", "topk", side)
     raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps, "
-                     "teacher_samples, student_samples, scored_samples, teacher_model.")
+                     "teacher_samples, student_samples, scored_samples, adpa_advantage, teacher_model.")
 
 
 def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
@@ -175,6 +184,117 @@ def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt
     return scores, tokens
 
 
+@torch.no_grad()
+def compute_advantage(student, dpo, ref, rows: list[Encoded], k: int, vocab_limit: int, pad_id: int, eos_id: int,
+                      max_new_tokens: int, max_seq_len: int, desc: str) -> tuple[dict, dict]:
+    """ADPA's inputs: the student's greedy answers (as the official code, temperature 0), and at every answer
+    position the DPO teacher's top-k (over ids < vocab_limit) with its log-probs, the reference model's exact
+    log-probs of those k tokens, and whether each is also in the reference's own top-k (the official code only
+    knew the reference's top-k and imputed the rest; ``clamped_official`` mode needs the flag to do the same)."""
+    from harness.generation import generate_ids
+
+    device = next(student.parameters()).device
+    prompts = [r.prompt_ids for r in rows]
+    outs = generate_ids(student, prompts, max_new_tokens, pad_id=pad_id, eos_id=eos_id, desc=f"{desc}: greedy answers")
+    responses = [o[: max_seq_len - len(p)] or [eos_id] for o, p in zip(outs, prompts)]
+    fields = {"topk_ids": [], "dpo_logps": [], "ref_logps": [], "ref_in_topk": []}
+    forwarded = 0
+    for start in tqdm(range(0, len(rows), SIGNAL_BATCH), desc=f"{desc}: teacher log-probs", unit="batch", leave=False):
+        chunk = slice(start, start + SIGNAL_BATCH)
+        seqs = pad_sequences(prompts[chunk], responses[chunk], pad_id).to(device)
+        mask = seqs.labels[:, 1:] != IGNORE
+        logps = []
+        for model in (dpo, ref):
+            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+            logps.append(torch.log_softmax(logits[:, :-1].float(), dim=-1))
+        forwarded += seqs.n_tokens
+        for b in range(seqs.input_ids.shape[0]):
+            d, r = (lp[b][mask[b]][:, :vocab_limit] for lp in logps)
+            top_v, top_i = d.topk(min(k, vocab_limit), dim=-1)
+            ref_top = r.topk(min(k, vocab_limit), dim=-1).indices
+            fields["topk_ids"].append(top_i.to(torch.int32).cpu())
+            fields["dpo_logps"].append(top_v.cpu())
+            fields["ref_logps"].append(r.gather(-1, top_i).cpu())
+            fields["ref_in_topk"].append((top_i.unsqueeze(-1) == ref_top.unsqueeze(-2)).any(-1).to(torch.uint8).cpu())
+    data = {**pack(responses), **{name: torch.cat(parts) for name, parts in fields.items()}}
+    return data, {"generated_tokens": sum(len(o) for o in outs), "forward_tokens_per_model": forwarded}
+
+
+# ---------------------------------------------------------------- PAD's teacher MCQ score and diversity filter
+
+MCQ_TEMPLATE = (
+    "Which of the two responses below answers the instruction better?\n\n"
+    "[Instruction]\n{instruction}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
+    "Reply with a single letter: A or B."
+)  # our wording: the official mcq-template.json is not public here; the scoring rule below is the code's
+MCQ_EPS = 1e-8
+MCQ_TOP = 20  # the official scorer reads the teacher's top-20 next-token log-probs
+
+
+def letter_prob(top_logps: list[float], top_texts: list[str], letter: str) -> float:
+    """The official rule: eps + the probability of every top token whose text contains the letter and is
+    shorter than 3 characters (so "A", " A", "A." count; "Apple" does not)."""
+    return MCQ_EPS + sum(math.exp(lp) for lp, t in zip(top_logps, top_texts) if letter in t and len(t) < 3)
+
+
+def mcq_scores(pairwise: dict[tuple[int, int], tuple[float, float]], n: int) -> list[float]:
+    """s_mcq(i) = log((eps + sum_{j != i} P(i preferred to j)) / (n - 1)), from P(A), P(B) of each shown pair
+    (i as A, j as B, i < j, in fixed order as the official code; not renormalised)."""
+    wins = [0.0] * n
+    for (i, j), (p_a, p_b) in pairwise.items():
+        wins[i] += p_a
+        wins[j] += p_b
+    return [math.log((MCQ_EPS + w) / (n - 1)) for w in wins]
+
+
+@torch.no_grad()
+def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[str]], max_prompt_len: int,
+                desc: str) -> tuple[list[list[float]], int]:
+    """The teacher's multiple-choice preference score of every answer against the other answers to its prompt."""
+    from harness.data import prompt_ids
+
+    device = next(model.parameters()).device
+    queries = []  # (example, i, j, token ids)
+    for e, (instruction, texts) in enumerate(zip(instructions, answers)):
+        for i, j in itertools.combinations(range(len(texts)), 2):
+            content = MCQ_TEMPLATE.format(instruction=instruction, a=texts[i], b=texts[j])
+            ids = prompt_ids(tokenizer, [{"role": "user", "content": content}])
+            queries.append((e, i, j, ids[-(max_prompt_len * 8):]))
+    vocab_text = {}
+    pairwise: list[dict] = [{} for _ in instructions]
+    tokens = 0
+    for start in tqdm(range(0, len(queries), SIGNAL_BATCH), desc=desc, unit="batch", leave=False):
+        chunk = queries[start:start + SIGNAL_BATCH]
+        length = max(len(q[3]) for q in chunk)
+        ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, q in enumerate(chunk):  # left padding: the next token follows every prompt's last position
+            ids[row, length - len(q[3]):] = torch.tensor(q[3])
+            mask[row, length - len(q[3]):] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
+        tokens += int(mask.sum())
+        top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
+        for row, (e, i, j, _) in enumerate(chunk):
+            t_ids = top.indices[row].tolist()
+            texts = [vocab_text.setdefault(t, tokenizer.decode([t])) for t in t_ids]
+            lps = top.values[row].tolist()
+            pairwise[e][(i, j)] = (letter_prob(lps, texts, "A"), letter_prob(lps, texts, "B"))
+    return [mcq_scores(pw, len(a)) for pw, a in zip(pairwise, answers)], tokens
+
+
+def most_different(texts: list[str], n: int) -> tuple[list[int], bool]:
+    """The official aggregation: greedily keep n samples, starting from sample 0, each time the one whose
+    smallest Levenshtein distance to those kept is largest (ties: the lowest index). Also whether the n kept
+    texts are all distinct (the official code drops the prompt otherwise)."""
+    from rapidfuzz.distance import Levenshtein
+
+    kept = [0]
+    while len(kept) < n:
+        rest = [c for c in range(len(texts)) if c not in kept]
+        kept.append(max(rest, key=lambda c: (min(Levenshtein.distance(texts[c], texts[k]) for k in kept), -c)))
+    return kept, len({texts[k] for k in kept}) == n
+
+
 def save_signal(data: dict, folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "signal.safetensors"))
 
@@ -183,13 +303,11 @@ def load_signal(folder: Path) -> dict:
     return load_file(str(folder / "signal.safetensors"))
 
 
-def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
-    """Place each example's stored rows at its response positions of the padded micro-batch: [B, T-1, k]."""
+def place_rows(data: dict, fields: tuple[str, ...], index: list[int], seqs: Sequences) -> dict:
+    """Place each example's stored per-token rows at its response positions of the padded micro-batch:
+    [B, T-1, ...] per field (zeros elsewhere)."""
     b, t = seqs.input_ids.shape[0], seqs.input_ids.shape[1] - 1
-    k = data["ids"].shape[1]
-    ids = torch.zeros((b, t, k), dtype=torch.long)
-    logps = torch.zeros((b, t, k))
-    rest = torch.zeros((b, t))
+    out = {f: torch.zeros((b, t, *data[f].shape[1:]), dtype=data[f].dtype) for f in fields}
     mask = seqs.labels[:, 1:] != IGNORE
     for row, i in enumerate(index):
         lo, hi = int(data["offsets"][i]), int(data["offsets"][i + 1])
@@ -197,10 +315,22 @@ def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
         if len(pos) != hi - lo:
             raise BenchError(f"Cached teacher signal for example {i} covers {hi - lo} tokens but the batch has "
                              f"{len(pos)}; the cache does not match this tokenisation. Delete the cache folder.")
-        ids[row, pos] = data["ids"][lo:hi].long()
-        logps[row, pos] = data["logps"][lo:hi]
-        rest[row, pos] = data["rest"][lo:hi]
-    return {"ids": ids, "logps": logps, "rest": rest}
+        for f in fields:
+            out[f][row, pos] = data[f][lo:hi]
+    return out
+
+
+def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
+    out = place_rows(data, ("ids", "logps", "rest"), index, seqs)
+    out["ids"] = out["ids"].long()
+    return out
+
+
+def collate_advantage(data: dict, index: list[int], batch_chosen: Sequences, pad_id: int) -> dict:
+    seqs = with_responses(batch_chosen, [unpack(data, i) for i in index], pad_id)
+    out = place_rows(data, ("topk_ids", "dpo_logps", "ref_logps", "ref_in_topk"), index, seqs)
+    return {"seqs": seqs, "ids": out["topk_ids"].long(), "dpo_logps": out["dpo_logps"],
+            "ref_logps": out["ref_logps"], "ref_in_topk": out["ref_in_topk"].bool()}
 
 
 def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
@@ -211,12 +341,17 @@ def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
             out[name] = collate_topk(data, batch.index, getattr(batch, spec.side))
         elif spec.kind == "samples":
             out[name] = with_responses(batch.chosen, [unpack(data, i) for i in batch.index], pad_id)
+        elif spec.kind == "advantage":
+            out[name] = collate_advantage(data, batch.index, batch.chosen, pad_id)
         elif spec.kind == "scored_samples":
             n = data["scores"].shape[1]
             prompts = prompts_of(batch.chosen)
             responses = [unpack(data, i * n + j) for i in batch.index for j in range(n)]
             out[name] = {"seqs": pad_sequences([p for p in prompts for _ in range(n)], responses, pad_id),
                          "teacher_scores": data["scores"][batch.index]}
+            for field in ("mcq", "distinct"):  # present when the method asked for them (PAD's options)
+                if field in data:
+                    out[name][field] = data[field][batch.index]
         else:
             out[name] = data["logps"][batch.index]
     return out

@@ -32,6 +32,7 @@ class TrainResult:
     student_tokens: int = 0
     teacher_tokens: int = 0  # live-teacher forward tokens (cached signals are accounted separately)
     generated_tokens: int = 0
+    student_forward_tokens: int = 0  # forward-only student tokens outside the loss (e.g. a validation loss)
     optimizer_steps: int = 0
     wall_clock_s: float = 0.0
 
@@ -100,8 +101,10 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
     start = time.perf_counter()
     last_finite = None
     method.usage = {k: 0 for k in method.usage}
+    method.start_training()
     bar = tqdm(step_plan(len(rows), budget, seed), desc=desc, unit="step", leave=False)
     for step, plan in enumerate(bar, 1):
+        method.step = step
         micro = []
         for m, idx in enumerate(plan):
             mb = collate([rows[i] for i in idx], idx, pad_id)
@@ -126,6 +129,7 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
     result.optimizer_steps = len(result.loss_curve)
     result.teacher_tokens = method.usage["teacher_tokens"]
     result.generated_tokens = method.usage["generated_tokens"]
+    result.student_forward_tokens = method.usage["student_forward_tokens"]
     result.wall_clock_s = time.perf_counter() - start
     model = accelerator.unwrap_model(model)
     model.eval()

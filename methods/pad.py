@@ -30,13 +30,25 @@ class PADConfig(MethodConfig):
     The mixture M is formed per example. (The official code pools it across a micro-batch — exact only at
     per-device batch 1 — which is a bug we do not reproduce.) The loss is a mean over prompts.
 
-    Not implemented yet: the teacher's multiple-choice preference score as reward (the official config's
-    alpha = 0), and the Levenshtein diversity filter that keeps 4 of 5 samples.
+    alpha: the teacher's reward is alpha * (its length-normalised log-likelihood) + (1 - alpha) * (its
+        multiple-choice preference score), as the official code's r_T. 1 (default) is the paper's intrinsic
+        likelihood reward; the official config's 0 uses the MCQ score alone. The MCQ score shows the teacher
+        each pair of samples as options A and B in fixed order and reads P(A), P(B) from its top-20 next tokens
+        (the code's rule); s_mcq(i) = log((1e-8 + sum_j P(i over j)) / (n - 1)). Our prompt wording is our own.
+    diverse_from: when above the budget's n = samples_per_prompt, draw this many samples and keep the n most
+        mutually different by Levenshtein distance (the official aggregation keeps 4 of 5); a prompt whose n
+        kept samples are not all distinct is left out of the loss (the official code drops it). 0: off.
+    mcq_filter: the official training filter: keep a prompt only if some sample has exp(s_mcq) > 0.5 and some
+        has exp(s_mcq) <= 0.5 (needs the MCQ score, computed whenever alpha < 1 or this is set).
+    Left-out prompts count neither in the loss nor in its mean (the step plan itself is shared by all methods).
     """
 
     beta: float = 10.0
     loss: str = "pd"
     jsd_form: str = "textbook"
+    alpha: float = 1.0
+    diverse_from: int = 0
+    mcq_filter: bool = False
 
     def __post_init__(self):
         if self.beta <= 0:
@@ -45,6 +57,10 @@ class PADConfig(MethodConfig):
             raise BenchError(f"pad: loss must be 'pd' or 'rd', got {self.loss!r}.")
         if self.jsd_form not in ("textbook", "official"):
             raise BenchError(f"pad: jsd_form must be 'textbook' or 'official', got {self.jsd_form!r}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise BenchError(f"pad: alpha must be in [0, 1], got {self.alpha}.")
+        if self.diverse_from < 0:
+            raise BenchError(f"pad: diverse_from cannot be negative, got {self.diverse_from}.")
 
 
 def permutations(n: int) -> torch.Tensor:
@@ -77,6 +93,31 @@ class PAD(Method):
     Config = PADConfig
     needs = ("scored_samples",)
 
+    def signal_options(self, name):
+        cfg, options = self.config, {}
+        if cfg.alpha < 1 or cfg.mcq_filter:
+            options["mcq"] = True
+        if cfg.diverse_from:
+            options["diverse_from"] = cfg.diverse_from
+        return options
+
+    def kept(self, signal: dict) -> torch.Tensor | None:
+        """Prompts the loss keeps under the diversity and MCQ filters; None when no filter is on."""
+        keep = None
+        if "distinct" in signal:
+            keep = signal["distinct"].bool()
+        if self.config.mcq_filter:
+            p = signal["mcq"].exp()
+            mixed = (p > 0.5).any(-1) & (p <= 0.5).any(-1)
+            keep = mixed if keep is None else keep & mixed
+        return keep
+
+    def prepare_batch(self, model, batch, rng):
+        keep = self.kept(batch.signals["scored_samples"])
+        if keep is not None:  # the mean is over kept prompts: Batch.counts reads "keep" as scored_samples_kept
+            batch.signals["scored_samples"]["keep"] = keep
+        return batch
+
     def loss(self, model, batch):
         cfg = self.config
         signal = batch.signals["scored_samples"]
@@ -85,6 +126,8 @@ class PAD(Method):
         if n < 2:
             raise BenchError("pad needs at least 2 samples per prompt to rank; the budget has samples_per_prompt=1. "
                              "Use --set samples_per_prompt=4 (the paper's n).")
+        if cfg.alpha < 1:
+            r_t = cfg.alpha * r_t + (1 - cfg.alpha) * signal["mcq"].to(r_t.device)
         total, count = sequence_logps(forward(model, seqs), seqs)
         r_s = (total / count.clamp(min=1)).view(b, n)
         perms = permutations(n).to(r_s.device)
@@ -96,5 +139,8 @@ class PAD(Method):
             scaled = cfg.beta * torch.gather(r_s, 1, teacher_order)
             losses = -(scaled - torch.logcumsumexp(scaled.flip(-1), -1).flip(-1)).sum(-1)
         agree = (torch.argsort(r_s.detach(), -1, descending=True)[:, 0] == torch.argmax(r_t, -1)).float().mean()
-        return LossOutput([Term(cfg.loss, losses.sum(), "pairs")], student_tokens=seqs.n_tokens,
+        per = "pairs"
+        if "keep" in signal:
+            losses, per = losses * signal["keep"].to(losses.dtype), "scored_samples_kept"
+        return LossOutput([Term(cfg.loss, losses.sum(), per)], student_tokens=seqs.n_tokens,
                           stats={"top1_agreement": float(agree)})

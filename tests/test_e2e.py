@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from harness.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd"]
+METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "adpa", "adpa_plus",
+           "distillm"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,22 @@ def records(root: Path, run: str = "tiny-seed0") -> dict[str, dict]:
 def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     recs = records(workspace["root"])
     assert set(recs) == set(METHODS) | {"teacher", "student-init"}
-    budget_steps = {r["compute"]["optimizer_steps"] for r in recs.values() if r["kind"] == "method"}
-    assert budget_steps == {2}  # identical budget for every method
+    own_steps = {n: r["compute"]["optimizer_steps"] - r["compute"].get("starts_from", {}).get("compute", {})
+                 .get("optimizer_steps", 0) for n, r in recs.items() if r["kind"] == "method"}
+    assert set(own_steps.values()) == {2}  # identical budget for every method
+    # ADPA+ continues the run's own DCKD student (the same stage, not a copy) and carries its cost.
+    plus = recs["adpa_plus"]["compute"]
+    assert plus["starts_from"]["method"] == "dckd"
+    assert plus["starts_from"]["train_stage_key"] == recs["dckd"]["train_stage_key"]
+    assert plus["optimizer_steps"] == 4
+    assert plus["flops_estimate"] > recs["dckd"]["compute"]["flops_estimate"]
+    # ADPA and ADPA+ use one teacher-DPO stage; their advantage signals differ (different starting students).
+    stages = {n: recs[n]["compute"]["signal_stages"]["adpa_advantage"] for n in ("adpa", "adpa_plus")}
+    assert stages["adpa"]["teacher_dpo"]["stage_key"] == stages["adpa_plus"]["teacher_dpo"]["stage_key"]
+    assert stages["adpa"]["stage_key"] != stages["adpa_plus"]["stage_key"]
+    for name in ("adpa", "adpa_plus", "distillm"):
+        assert recs[name]["compute"]["teacher_forward_tokens"] > 0, name
+    assert recs["adpa"]["compute"]["generated_tokens"] > 0  # the student's greedy answers
     for name in METHODS:
         rec = recs[name]
         assert rec["budget"]["name"] == "tiny" and rec["seed"] == 0
@@ -88,7 +103,7 @@ def test_training_moved_the_students(workspace):
     # Two steps at lr 1e-4 on chosen responses lower held-out NLL for sft, and KL to the teacher for kd.
     assert recs["sft"]["metrics"]["nll_chosen"]["value"] < init_nll
     init_kl = recs["student-init"]["metrics"]["kl_teacher"]["value"]
-    for name in ("kd", "dckd", "gkd", "rkl"):  # every method that matches the teacher's distributions
+    for name in ("kd", "dckd", "gkd", "rkl", "distillm", "adpa_plus"):  # methods that match the teacher's distributions
         assert recs[name]["metrics"]["kl_teacher"]["value"] < init_kl, name
 
 
@@ -168,3 +183,24 @@ def test_shared_warm_start_moves_the_starting_point(workspace):
     assert warm["student-init"]["metrics"]["nll_chosen"]["value"] < cold["student-init"]["metrics"]["nll_chosen"]["value"]
     # The teacher row does not depend on the student's start and comes from the cache.
     assert warm["teacher"]["metrics"] == cold["teacher"]["metrics"]
+
+
+def test_a_dependency_cached_without_weights_gets_them_when_another_method_starts_from_it(workspace, tmp_path):
+    """tiny saves no checkpoints: dckd alone leaves none; adpa_plus then needs its weights, so dckd is trained
+    again and its weights are added to the same stage; the option reaches ADPA+'s config."""
+    args = list(workspace["args"])
+    cache = tmp_path / "cache"
+    args[args.index("--cache-dir") + 1] = str(cache)
+    args[args.index("--results-dir") + 1] = str(tmp_path / "results")
+    args[args.index("--methods") + 1] = "dckd"
+    assert CliRunner().invoke(main, args).exit_code == 0
+    stage = next((cache / "train").iterdir())
+    assert not (stage / "checkpoint").exists()
+    args[args.index("--methods") + 1] = "adpa_plus"
+    result = CliRunner().invoke(main, args + ["--option", "adpa_plus.reference=student"])
+    assert result.exit_code == 0, result.output
+    assert (stage / "checkpoint" / "model.safetensors").exists()
+    assert "train dckd:" in result.output and "train adpa_plus:" in result.output
+    rec = json.loads((tmp_path / "results/smollm2-135m/tiny-seed0/adpa_plus/record.json").read_text())
+    assert rec["config"]["reference"] == "student"
+    assert rec["compute"]["starts_from"]["train_stage_key"] == stage.name

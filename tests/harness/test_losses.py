@@ -228,3 +228,82 @@ def test_generalized_jsd_is_zero_for_identical_distributions_and_takes_bf16_teac
     assert got.dtype == torch.float32
     assert got.abs().max() < 1e-2  # bf16 rounding of the teacher only
     assert generalized_jsd(s, s.clone(), beta).abs().max() < 1e-6
+
+
+# skewed_kl (DistiLLM): KL(P || alpha P + (1 - alpha) Q) per position, on the same [2, 2, 4] logits as the JSD tests.
+from harness.losses import skewed_kl  # noqa: E402
+
+
+def skew_kl_by_formula(p_row, q_row, alpha):
+    """KL(P || alpha P + (1 - alpha) Q) of two logit rows, in plain math."""
+    p, q = probs(p_row), probs(q_row)
+    return sum(a * math.log(a / (alpha * a + (1 - alpha) * b)) for a, b in zip(p, q) if a > 0)
+
+
+def skew_reverse_kl_by_formula(s_row, t_row, alpha):
+    """DistiLLM's skew reverse KL, KL(Q || (1 - alpha) P + alpha Q), Q the student's and P the teacher's."""
+    q, p = probs(s_row), probs(t_row)
+    return sum(b * math.log(b / ((1 - alpha) * a + alpha * b)) for a, b in zip(p, q) if b > 0)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.9])
+def test_skewed_kl_by_formula(alpha):
+    got = skewed_kl(torch.tensor(JSD_TEACHER), torch.tensor(JSD_STUDENT), alpha)
+    assert got.shape == (2, 2) and got.dtype == torch.float32
+    each_position(got, lambda t, s: skew_kl_by_formula(t, s, alpha))
+
+
+def test_skewed_kl_mixture_weight_is_not_swapped():
+    got = skewed_kl(torch.tensor(JSD_TEACHER), torch.tensor(JSD_STUDENT), 0.3)
+    assert abs(float(got[0, 0]) - skew_kl_by_formula(JSD_TEACHER[0][0], JSD_STUDENT[0][0], 0.7)) > 1e-3
+    # And it is not the plain KL either.
+    assert abs(float(got[0, 0]) - kl(probs(JSD_TEACHER[0][0]), probs(JSD_STUDENT[0][0]))) > 1e-2
+
+
+def test_skewed_kl_at_alpha_0_is_the_plain_kl():
+    got = skewed_kl(torch.tensor(JSD_TEACHER), torch.tensor(JSD_STUDENT), 0.0)
+    each_position(got, lambda t, s: kl(probs(t), probs(s)))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.4])
+def test_skewed_kl_with_the_student_first_is_the_skew_reverse_kl(alpha):
+    got = skewed_kl(torch.tensor(JSD_STUDENT), torch.tensor(JSD_TEACHER), alpha)
+    each_position(got, lambda t, s: skew_reverse_kl_by_formula(s, t, alpha))
+    forward = skewed_kl(torch.tensor(JSD_TEACHER), torch.tensor(JSD_STUDENT), alpha)
+    assert (got - forward).abs().max() > 1e-2  # the two directions differ on these rows
+
+
+def test_skewed_kl_is_zero_for_identical_distributions():
+    s = torch.tensor(JSD_STUDENT)
+    for alpha in (0.0, 0.1, 0.5):
+        assert skewed_kl(s, s.clone(), alpha).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_skewed_kl_cuts_a_wider_teacher_to_the_common_vocabulary(alpha):
+    # Two extra teacher columns with large logits: kept, they would take most of the teacher's mass.
+    wide = [[row + [5.0, 4.0] for row in pos] for pos in JSD_TEACHER]
+    forward = skewed_kl(torch.tensor(wide), torch.tensor(JSD_STUDENT), alpha)
+    each_position(forward, lambda t, s: skew_kl_by_formula(t, s, alpha))
+    reverse = skewed_kl(torch.tensor(JSD_STUDENT), torch.tensor(wide), alpha)
+    each_position(reverse, lambda t, s: skew_reverse_kl_by_formula(s, t, alpha))
+
+
+def test_skewed_kl_is_finite_where_q_has_no_mass():
+    p_row = [0.0, 1.0, -0.5]
+    q_row = [0.2, -1e4, 0.3]  # Q has no mass (in fp32 and in plain math) on token 1, where P has a third
+    q_leaf = torch.tensor([q_row], requires_grad=True)
+    got = skewed_kl(torch.tensor([p_row]), q_leaf, 0.1)
+    p = probs(p_row)
+    q = [math.exp(0.2), 0.0, math.exp(0.3)]
+    q = [x / sum(q) for x in q]
+    expected = sum(a * math.log(a / (0.1 * a + 0.9 * b)) for a, b in zip(p, q))
+    assert math.isfinite(float(got[0].detach()))
+    assert float(got[0].detach()) == pytest.approx(expected, abs=1e-5)
+    got.sum().backward()
+    assert torch.isfinite(q_leaf.grad).all()
+    # The plain KL is enormous there (about p[1] * 1e4): what the skew avoids.
+    assert float(skewed_kl(torch.tensor([p_row]), torch.tensor([q_row]), 0.0)[0]) > 1000
+    # Q with -inf logits (exactly zero mass): still finite for alpha > 0.
+    inf_q = torch.tensor([[0.2, float("-inf"), 0.3]])
+    assert float(skewed_kl(torch.tensor([p_row]), inf_q, 0.1)[0]) == pytest.approx(expected, abs=1e-5)

@@ -61,7 +61,7 @@ def test_gkd_loss_is_the_summed_jsd_to_the_live_teacher(beta):
     assert [(t.name, t.per) for t in out.terms] == [("jsd", "chosen_tokens")]
     assert float(out.terms[0].total.detach()) == pytest.approx(expected_jsd(beta), abs=1e-5)
     assert out.student_tokens == 5 + 2
-    assert method.usage == {"teacher_tokens": 5 + 2, "generated_tokens": 0}
+    assert method.usage == {"teacher_tokens": 5 + 2, "generated_tokens": 0, "student_forward_tokens": 0}
     assert float(normalised(out, batch).detach()) == pytest.approx(expected_jsd(beta) / 4, abs=1e-5)
 
 
@@ -125,7 +125,7 @@ def test_lmbda_zero_leaves_the_batch_untouched(monkeypatch):
         assert out is batch and out.chosen is chosen and out.rejected is rejected
     assert torch.equal(batch.chosen.input_ids, ids)
     assert stub.calls == []
-    assert method.usage == {"teacher_tokens": 0, "generated_tokens": 0}
+    assert method.usage == {"teacher_tokens": 0, "generated_tokens": 0, "student_forward_tokens": 0}
 
 
 @pytest.mark.parametrize("lmbda", [0.25, 0.5, 0.8])

@@ -54,7 +54,7 @@ def test_rkl_loss_is_the_summed_reverse_kl_to_the_live_teacher():
     assert [(t.name, t.per) for t in out.terms] == [("rkl", "chosen_tokens")]
     assert float(out.terms[0].total.detach()) == pytest.approx(expected_rkl(), abs=1e-5)
     assert out.student_tokens == 5 + 2
-    assert method.usage == {"teacher_tokens": 5 + 2, "generated_tokens": 0}
+    assert method.usage == {"teacher_tokens": 5 + 2, "generated_tokens": 0, "student_forward_tokens": 0}
     assert float(normalised(out, batch).detach()) == pytest.approx(expected_rkl() / 4, abs=1e-5)
 
 
