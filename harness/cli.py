@@ -117,6 +117,8 @@ def methods():
     for name, cls in sorted(METHODS.items()):
         vocab = "shared tokenizer" if cls.needs_shared_vocab else "any tokenizer"
         needs = ", ".join(cls.needs) or "nothing from the teacher"
+        if cls.starts_from:
+            needs += f"; starts from the {cls.starts_from} student"
         click.echo(f"{name:10s} {cls.description}")
         click.echo(f"{'':10s} paper: {cls.paper}; needs: {needs}; {vocab}")
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))

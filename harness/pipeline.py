@@ -357,6 +357,9 @@ class Run:
         b = self.budget
         options = method.signal_options("scored_samples") if method is not None else {}
         n, m = b.samples_per_prompt, max(options.get("diverse_from", 0), b.samples_per_prompt)
+        if options.get("mcq") and n < 2:  # before any sampling, so nothing is computed in vain
+            raise BenchError("The teacher's MCQ score compares samples in pairs and needs samples_per_prompt >= 2; "
+                             "use --set samples_per_prompt=4 (the paper's n).")
         examples = self.train_examples if split == "train" else self.test_examples
         student = self.student_for(method)
         drawn, generated = sample_many(student, self.tokenizer, examples, rows, m, b.max_prompt_len,
@@ -381,8 +384,8 @@ class Run:
             data["distinct"] = torch.tensor(distinct, dtype=torch.bool)
             extra["prompts_without_distinct_samples"] = distinct.count(False)
         if options.get("mcq"):
-            mcq, mcq_tokens = teacher_mcq(teacher, self.teacher_tokenizer, [ex.prompt for ex in examples], texts,
-                                          b.max_prompt_len, f"{desc}: teacher MCQ")
+            mcq, mcq_tokens = teacher_mcq(teacher, self.teacher_tokenizer, [instruction_text(ex) for ex in examples],
+                                          texts, b.max_prompt_len, f"{desc}: teacher MCQ")
             data["mcq"] = torch.tensor(mcq, dtype=torch.float32)
             teacher_tokens += mcq_tokens
             extra["mcq_forward_tokens"] = mcq_tokens
@@ -514,7 +517,16 @@ class Run:
 
         evaluation = self.evaluate(model_fn, key, name)
         info = json.loads((stage["folder"] / "train.json").read_text())
+        for signal, signal_info in info["signals"].items():  # stages trained before keys were recorded
+            signal_info.setdefault("stage_key", self.signal_key(signal, "train", method))
         return {"train_key": key, "train": info, "eval": evaluation}
+
+
+def instruction_text(example) -> str:
+    """The prompt as the MCQ judge sees it: the user's text, or the turns labelled by role when there are several."""
+    if len(example.prompt) == 1:
+        return example.prompt[0][1]
+    return "\n\n".join(f"{role}: {content}" for role, content in example.prompt)
 
 
 def load_model_from(folder: Path):

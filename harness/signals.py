@@ -276,7 +276,10 @@ def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[st
         top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
         for row, (e, i, j, _) in enumerate(chunk):
             t_ids = top.indices[row].tolist()
-            texts = [vocab_text.setdefault(t, tokenizer.decode([t])) for t in t_ids]
+            for t in t_ids:
+                if t not in vocab_text:
+                    vocab_text[t] = tokenizer.decode([t])
+            texts = [vocab_text[t] for t in t_ids]
             lps = top.values[row].tolist()
             pairwise[e][(i, j)] = (letter_prob(lps, texts, "A"), letter_prob(lps, texts, "B"))
     return [mcq_scores(pw, len(a)) for pw, a in zip(pairwise, answers)], tokens

@@ -104,8 +104,11 @@ def test_leaderboard_without_results(tmp_path):
 
 
 @pytest.mark.parametrize("command,needles", [
-    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "arXiv 2502.17927", "shared tokenizer"]),
-    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B", "methods: dckd, dpkd, dpo, gkd, kd, pad, plad, rkl, seqkd, sft, simpo"]),
+    ("methods", ["sft", "kd", "dpo", "dckd", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "adpa ", "adpa_plus",
+                 "distillm", "arXiv 2502.17927", "arXiv 2402.03898", "shared tokenizer",
+                 "needs: adpa_advantage; starts from the dckd student"]),
+    ("pairs", ["smollm2-135m", "llama-1b", "gemma-2b", "qwen-0.5b", "meta-llama/Llama-3.2-1B",
+               "methods: adpa, adpa_plus, dckd, distillm, dpkd, dpo, gkd, kd, pad, plad, rkl, seqkd, sft, simpo"]),
     ("budgets", ["tiny", "smoke", "paper", "12 steps"]),
 ])
 def test_listings(command, needles):
@@ -140,3 +143,10 @@ def test_pair_without_shared_vocabulary_refuses_token_level_methods(tmp_path, sh
     assert_clean_error(code, out, "different vocabularies", "kd, dckd", "Methods that can: ")
     can_run = set(out.split("Methods that can: ")[1].strip().rstrip(".").split(", "))
     assert can_run == {"sft", "dpo", "simpo", "seqkd", "plad", "pad"}
+
+
+def test_pad_mcq_with_one_sample_per_prompt_fails_before_sampling(tmp_path, shared_dir):
+    code, out = bench(*run_args(tmp_path, "--methods", "pad", "--option", "pad.alpha=0", "--set",
+                                "samples_per_prompt=1", "--data-dir", str(shared_dir)))
+    assert_clean_error(code, out, "samples_per_prompt >= 2", "--set samples_per_prompt=4")
+    assert not list((tmp_path / "cache").glob("signals/*/DONE"))  # nothing half-computed was kept
