@@ -1,0 +1,257 @@
+"""Judges: who grades the benchmarks' answers, and the cache that makes every judgment happen once.
+
+A judge takes chat messages and returns its text and, when asked, the top log-probs of its first token
+(AlpacaEval's weighted annotator reads only those). Two kinds:
+
+- ``OpenAIJudge`` — any OpenAI-compatible endpoint (OpenAI, a vLLM server, ``transformers serve``, llama.cpp
+  server) through the ``openai`` client, whose retries back off on timeouts, 429 and 5xx. The key is read from
+  an environment variable at call time and never stored, logged or hashed.
+- ``TransformersJudge`` — a local model: greedy or sampled text, and log-probs from the next-token distribution.
+
+Every judgment goes through ``JudgmentCache``: an append-only JSONL file keyed by a hash of the judge's identity,
+the exact messages and the decoding settings. An interrupted evaluation resumes without repeating a call, and a
+leaderboard is rebuilt from results without any.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness.cache import stable_hash
+from harness.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Decoding:
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    top_logprobs: int = 0  # > 0: return the first token's top log-probs (the judge must support it)
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_logprobs": self.top_logprobs}
+
+
+@dataclass
+class Judgment:
+    text: str
+    top_logprobs: list[tuple[str, float]] | None = None  # the first generated token's alternatives
+    error: str | None = None  # set when the judge could not answer; the benchmark decides what that counts as
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "top_logprobs": self.top_logprobs, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Judgment:
+        top = [tuple(t) for t in d["top_logprobs"]] if d.get("top_logprobs") is not None else None
+        return cls(d["text"], top, d.get("error"))
+
+
+class Judge:
+    def identity(self) -> dict:
+        """What makes this judge's verdicts comparable: part of every cache key and every result."""
+        raise NotImplementedError
+
+    def judge(self, messages: list[dict], decoding: Decoding) -> Judgment:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.identity().items())
+
+
+# ---------------------------------------------------------------- OpenAI-compatible endpoint
+
+
+class OpenAIJudge(Judge):
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 120.0, max_retries: int = 6, concurrency: int = 4):
+        self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
+        self._client = None
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict:
+        # The endpoint's address says which server answered; the key never enters an identity.
+        return {"kind": "openai", "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                from openai import OpenAI
+
+                key = os.environ.get(self.api_key_env)
+                if not key and self.base_url is None:
+                    raise BenchError(f"The judge {self.model!r} on api.openai.com needs an API key in the environment "
+                                     f"variable {self.api_key_env}. Export it, or pass --judge-base-url for a local "
+                                     "server.")
+                self._client = OpenAI(api_key=key or "not-needed", base_url=self.base_url, timeout=self.timeout,
+                                      max_retries=self.max_retries)
+            return self._client
+
+    def judge(self, messages, decoding):
+        import openai
+
+        kwargs = {"model": self.model, "messages": messages, "temperature": decoding.temperature,
+                  "max_tokens": decoding.max_tokens}
+        if decoding.top_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=decoding.top_logprobs)
+        try:
+            response = self.client().chat.completions.create(**kwargs)
+        except openai.APIConnectionError as e:  # includes timeouts, after the client's retries
+            return Judgment("", None, f"connection: {e}")
+        except openai.APIStatusError as e:  # a status the client does not retry, or retries ran out
+            return Judgment("", None, f"HTTP {e.status_code}: {str(e)[:200]}")
+        try:
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            top = None
+            if decoding.top_logprobs:
+                content = choice.logprobs.content if choice.logprobs is not None else None
+                top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs] if content else None
+        except (AttributeError, IndexError, TypeError) as e:
+            return Judgment("", None, f"malformed response: {e}")
+        return Judgment(text, top)
+
+
+# ---------------------------------------------------------------- local transformers model
+
+
+class TransformersJudge(Judge):
+    """A local chat model as judge. Without a system role in its template, the system text is folded into the
+    user turn (FastChat does the same for judges that lack one)."""
+
+    def __init__(self, spec, device: str | None = None):
+        self.spec = spec
+        self.device = device
+        self._model = self._tokenizer = None
+        self._lock = threading.Lock()
+        self.concurrency = 1
+
+    def identity(self) -> dict:
+        return {"kind": "transformers", "model": self.spec.identity()}
+
+    def describe(self) -> str:
+        return f"local {self.spec.describe()}"
+
+    def load(self):
+        if self._model is None:
+            import torch
+
+            from harness.models import load_model, load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.spec)
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._model = load_model(self.spec).to(device)
+        return self._model, self._tokenizer
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        _, tok = self.load()
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that refuses a system turn
+            text = tok.apply_chat_template(fold_system(messages), tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def judge(self, messages, decoding):
+        import torch
+
+        with self._lock:  # one model, one forward at a time
+            model, tok = self.load()
+            ids = torch.tensor([self.prompt_ids(messages)], device=next(model.parameters()).device)
+            top = None
+            with torch.no_grad():
+                if decoding.top_logprobs:
+                    logits = model(input_ids=ids, use_cache=False).logits[0, -1].float()
+                    values, indices = torch.log_softmax(logits, -1).topk(decoding.top_logprobs)
+                    top = [(tok.decode([int(i)]), float(v)) for v, i in zip(values, indices)]
+                from harness.generation import generate_ids
+
+                new = generate_ids(model, ids.tolist(), decoding.max_tokens, pad_id=tok.pad_token_id or 0,
+                                   eos_id=tok.eos_token_id, do_sample=decoding.temperature > 1e-4,
+                                   temperature=max(decoding.temperature, 1e-4), desc=None)[0]
+            return Judgment(tok.decode(new, skip_special_tokens=True).strip(), top)
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """[system, user, ...] -> [user with the system text prepended, ...]."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if not rest or rest[0]["role"] != "user":
+        return [{"role": "user", "content": system}, *rest]
+    return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+
+
+# ---------------------------------------------------------------- cache and batch judging
+
+
+@dataclass
+class JudgmentCache:
+    """Append-only JSONL of judgments; a line is written (and flushed to disk) as soon as a judgment returns,
+    so a killed evaluation loses at most the calls in flight."""
+
+    path: Path
+    _entries: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self._entries[row["key"]] = Judgment.from_dict(row["judgment"])
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by a kill: that call is simply made again
+
+    @staticmethod
+    def key(judge: Judge, messages: list[dict], decoding: Decoding) -> str:
+        return stable_hash({"judge": judge.identity(), "messages": messages, "decoding": decoding.to_dict()}, 32)
+
+    def get(self, key: str) -> Judgment | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, judgment: Judgment, meta: dict | None = None) -> None:
+        line = json.dumps({"key": key, "judgment": judgment.to_dict(), **(meta or {})}, sort_keys=True) + "\n"
+        with self._lock:
+            self._entries[key] = judgment
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def judge_all(judge: Judge, requests: list[list[dict]], decoding: Decoding, cache: JudgmentCache,
+              desc: str = "judge") -> tuple[list[Judgment], dict]:
+    """Judge every message list, cached ones from the cache; returns judgments in order and call counts.
+    Failed calls (``error`` set) are not cached, so a re-run tries them again."""
+    keys = [JudgmentCache.key(judge, m, decoding) for m in requests]
+    out: list[Judgment | None] = [cache.get(k) for k in keys]
+    todo = [i for i, j in enumerate(out) if j is None]
+    counts = {"cached": len(requests) - len(todo), "called": len(todo), "failed": 0}
+    if not todo:
+        return out, counts
+    bar = tqdm(total=len(todo), desc=desc, unit="call", leave=False)
+
+    def one(i: int) -> None:
+        result = judge.judge(requests[i], decoding)
+        if result.error is None:
+            cache.put(keys[i], result)
+        out[i] = result
+        bar.update(1)
+
+    with ThreadPoolExecutor(max_workers=max(1, getattr(judge, "concurrency", 1))) as pool:
+        list(pool.map(one, todo))
+    bar.close()
+    counts["failed"] = sum(1 for i in todo if out[i].error is not None)
+    return out, counts
