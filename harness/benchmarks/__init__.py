@@ -1,0 +1,1 @@
+"""Judge-based benchmarks: one module per benchmark."""
