@@ -191,3 +191,36 @@ def test_fold_system():
     assert fold_system(MESSAGES) == [{"role": "user", "content": "Be a judge.\n\nRate this."}]
     assert fold_system(MESSAGES[1:]) == MESSAGES[1:]
     assert fold_system(MESSAGES[:1]) == [{"role": "user", "content": "Be a judge."}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_judge():
+    from harness.judges import TransformersJudge
+    from harness.models import ModelSpec
+    from harness.pairs import SMOLLM2_GGUF
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return TransformersJudge(ModelSpec(SMOLLM2_GGUF), device="cpu")
+
+
+def test_local_judge_logprobs_and_text_are_the_models_own(smollm2_judge):
+    """The real SmolLM2 as judge: the first token's top log-probs equal an independent forward pass, and the text
+    is the model's greedy continuation."""
+    import torch
+
+    messages = [{"role": "system", "content": "Answer with one letter."},
+                {"role": "user", "content": "Which is larger, A: 3 or B: 7?"}]
+    out = smollm2_judge.judge(messages, Decoding(temperature=0.0, max_tokens=4, top_logprobs=5))
+    model, tok = smollm2_judge.load()
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+        greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+    values, indices = logp.topk(5)
+    assert [t for t, _ in out.top_logprobs] == [tok.decode([int(i)]) for i in indices]
+    assert [v for _, v in out.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
+    assert out.text == tok.decode(greedy, skip_special_tokens=True).strip()
+    assert out.error is None and smollm2_judge.identity()["kind"] == "transformers"
