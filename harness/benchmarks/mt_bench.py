@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from harness.errors import BenchError
+from harness.judges import fold_system  # noqa: F401  (judges without a system role)
 
 SUBDIR = "benchmarks/mt_bench"  # where the files sit under a shared data folder (e.g. ../shared)
 N_QUESTIONS = 80
@@ -149,18 +150,6 @@ def judge_messages(question: dict, answers: list[str], turn: int, prompts: dict[
     prompt = prompts[name]
     user = prompt["prompt_template"].format(**fields)
     return name, [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
-
-
-def fold_system(messages: list[dict]) -> list[dict]:
-    """For a judge without a system role: the system text goes before the user turn, as FastChat does for
-    Anthropic judges (``f"{system}\\n\\n{user}"``)."""
-    if not messages or messages[0]["role"] != "system":
-        return list(messages)
-    system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
-    if rest and rest[0]["role"] == "user":
-        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
-        return rest
-    return [{"role": "user", "content": system}, *rest]
 
 
 def parse_rating(text: str) -> float:
