@@ -188,5 +188,41 @@ def compare(row_a, row_b, pair, run_name, results_dir):
         click.echo(f"  {metric:12s} {d['mean_difference']:+.3f} ± {d['se']:.3f}  (n={d['n']})")
 
 
+@main.command("eval")
+@click.option("--benchmarks", required=True, help="Comma-separated benchmarks; today: mt_bench.")
+@click.option("--judge", required=True, help="local:teacher, local:<hub id|folder|.gguf>, or openai:<model>.")
+@click.option("--judge-base-url", default=None, help="OpenAI-compatible server URL (key from OPENAI_API_KEY).")
+@click.option("--pair", default="smollm2-135m", show_default=True)
+@click.option("--run", "run_name", default="smoke-seed0", show_default=True)
+@click.option("--rows", default=None, help="Comma-separated rows to score (default: every row of the run).")
+@click.option("--limit", type=int, default=None, help="A seeded subset of N questions, every category covered.")
+@click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Answer length (MT-Bench: 1024).")
+@click.option("--judge-max-tokens", type=int, default=2048, show_default=True, help="Judge length (MT-Bench: 2048).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
+              help="Folder holding benchmarks/ (e.g. ../shared); also BENCH_DATA_DIR.")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
+@click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path))
+def eval_command(benchmarks, judge, judge_base_url, pair, run_name, rows, limit, max_new_tokens, judge_max_tokens,
+                 seed, data_dir, results_dir, cache_dir):
+    """Score the rows of a finished run on judge benchmarks; answers and judgments are cached."""
+    from harness.cache import default_cache_dir
+    from harness.evalrun import BENCHMARKS, EvalOptions
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BENCHMARKS]
+    if unknown:
+        raise BenchError(f"Unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}.")
+    if data_dir is None:
+        raise BenchError("Pass --data-dir (or BENCH_DATA_DIR): the folder holding benchmarks/, e.g. ../shared.")
+    opts = EvalOptions(results_dir=Path(results_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+                       data_dir=Path(data_dir), pair=pair, run=run_name, judge=judge, judge_base_url=judge_base_url,
+                       limit=limit, max_new_tokens=max_new_tokens, judge_max_tokens=judge_max_tokens,
+                       rows=[r.strip() for r in rows.split(",")] if rows else None, seed=seed)
+    for name in names:
+        for path in BENCHMARKS[name](opts):
+            click.echo(f"{name}: {path}")
+
+
 if __name__ == "__main__":
     main()

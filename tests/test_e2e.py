@@ -204,3 +204,37 @@ def test_a_dependency_cached_without_weights_gets_them_when_another_method_start
     rec = json.loads((tmp_path / "results/smollm2-135m/tiny-seed0/adpa_plus/record.json").read_text())
     assert rec["config"]["reference"] == "student"
     assert rec["compute"]["starts_from"]["train_stage_key"] == stage.name
+
+
+def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
+    """bench eval on the tiny run's teacher and dckd rows (dckd keeps its weights: adpa_plus starts from it), a
+    2-question subset, the real SmolLM2 teacher as judge. A second call answers and judges nothing anew."""
+    root = workspace["root"]
+    args = ["eval", "--benchmarks", "mt_bench", "--judge", "local:teacher", "--run", "tiny-seed0", "--rows",
+            "teacher,dckd", "--limit", "2", "--max-new-tokens", "8", "--judge-max-tokens", "8",
+            "--data-dir", str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
+            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache")]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    for row in ("teacher", "dckd"):
+        folder = root / "results/smollm2-135m/tiny-seed0" / row / "benchmarks"
+        result = json.loads((folder / "mt_bench.json").read_text())
+        m = result["metrics"]
+        assert m["n"] + m["n_failed"] == 4  # 2 questions x 2 turns; unparsed ratings are counted, not dropped silently
+        assert result["limit"] == 2 and len(result["question_ids"]) == 2 and not result["official_judge"]
+        assert result["judge"]["kind"] == "transformers" and result["judge_decoding"]["max_tokens"] == 8
+        assert result["judge_calls"]["called"] == 4
+        lines = [json.loads(x) for x in (folder / "mt_bench_judgments.jsonl").read_text().splitlines()]
+        assert [(x["turn"], x["prompt"].endswith("multi-turn")) for x in lines[:2]] == [(1, False), (2, True)]
+        assert all(x["judgment"] for x in lines)
+    # Two categories, not two questions of one.
+    cats = {x["category"] for x in map(json.loads, (root / "results/smollm2-135m/tiny-seed0/teacher/benchmarks/"
+                                                     "mt_bench_judgments.jsonl").read_text().splitlines())}
+    assert len(cats) == 2
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0, second.output
+    assert "(0 judge calls, 4 cached)" in second.output and "MT-Bench turn" not in second.output
+    # A row whose budget kept no weights: a clear error, nothing else lost.
+    args[args.index("--rows") + 1] = "sft"
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 2 and "saved no checkpoint" in bad.output
