@@ -189,15 +189,17 @@ def compare(row_a, row_b, pair, run_name, results_dir):
 
 
 @main.command("eval")
-@click.option("--benchmarks", required=True, help="Comma-separated benchmarks; today: mt_bench.")
+@click.option("--benchmarks", required=True, help="Comma-separated benchmarks: mt_bench, arena_hard.")
 @click.option("--judge", required=True, help="local:teacher, local:<hub id|folder|.gguf>, or openai:<model>.")
 @click.option("--judge-base-url", default=None, help="OpenAI-compatible server URL (key from OPENAI_API_KEY).")
 @click.option("--pair", default="smollm2-135m", show_default=True)
 @click.option("--run", "run_name", default="smoke-seed0", show_default=True)
 @click.option("--rows", default=None, help="Comma-separated rows to score (default: every row of the run).")
 @click.option("--limit", type=int, default=None, help="A seeded subset of N questions, every category covered.")
-@click.option("--max-new-tokens", type=int, default=1024, show_default=True, help="Answer length (MT-Bench: 1024).")
-@click.option("--judge-max-tokens", type=int, default=2048, show_default=True, help="Judge length (MT-Bench: 2048).")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Answer length (default: the benchmark's: MT-Bench 1024, Arena-Hard 4096).")
+@click.option("--judge-max-tokens", type=int, default=None,
+              help="Judge length (default: the benchmark's: MT-Bench 2048, Arena-Hard 4096).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
               help="Folder holding benchmarks/ (e.g. ../shared); also BENCH_DATA_DIR.")

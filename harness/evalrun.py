@@ -9,8 +9,10 @@ judge call. Today: MT-Bench (single-answer grading).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +36,8 @@ class EvalOptions:
     judge: str  # "local:teacher", "local:<model id, folder or .gguf>", or "openai:<model>"
     judge_base_url: str | None = None
     limit: int | None = None
-    max_new_tokens: int = 1024  # MT-Bench's answer length
-    judge_max_tokens: int = 2048  # MT-Bench's judge length
+    max_new_tokens: int | None = None  # answer length; None: the benchmark's (MT-Bench 1024, Arena-Hard 4096)
+    judge_max_tokens: int | None = None  # judge length; None: the benchmark's (MT-Bench 2048, Arena-Hard 4096)
     rows: list[str] | None = None
     seed: int = 0
 
@@ -108,6 +110,38 @@ def load_row_model(opts: EvalOptions, pair, row: str, record: dict):
     return load_model_from(folder).to(device), record["train_stage_key"]
 
 
+def model_key(pair, row: str, record: dict) -> str:
+    if row == "teacher":
+        return stable_hash(pair.teacher.identity())
+    if row == "student-init":
+        return stable_hash(pair.student.identity())
+    return record["train_stage_key"]
+
+
+def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str, ids: list, settings: dict,
+                make) -> tuple[list, str]:
+    """A row's answers to a benchmark's questions, from the cache or made now by ``make(model, tokenizer)``."""
+    from harness.models import load_tokenizer
+
+    cache = StageCache(opts.cache_dir)
+    key = stable_hash({"answers": benchmark, "model": model_key(pair, row, record), "questions": ids,
+                       **settings, "seed": opts.seed, "bench": harness.__version__})
+    if not cache.has("answers", key):
+        model, _ = load_row_model(opts, pair, row, record)
+        answers = make(model, load_tokenizer(pair.teacher if row == "teacher" else pair.student))
+        del model
+        with cache.build("answers", key) as out:
+            write_json_atomic(out / "answers.json", answers)
+    return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
+
+
+def write_result(opts: EvalOptions, row: str, benchmark: str, result: dict, lines: list[dict]) -> Path:
+    folder = opts.results_dir / opts.pair / opts.run / row / "benchmarks"
+    write_json_atomic(folder / f"{benchmark}.json", result)
+    (folder / f"{benchmark}_judgments.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+    return folder / f"{benchmark}.json"
+
+
 # ---------------------------------------------------------------- MT-Bench
 
 
@@ -141,35 +175,24 @@ def mt_bench_answers(model, tokenizer, questions: list[dict], max_new_tokens: in
 
 def eval_mt_bench(opts: EvalOptions) -> list[Path]:
     from harness.benchmarks import mt_bench
-    from harness.models import load_tokenizer
     from harness.pipeline import say
 
     root = opts.data_dir
+    opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or mt_bench.ANSWER_MAX_NEW_TOKENS,
+                               judge_max_tokens=opts.judge_max_tokens or mt_bench.JUDGE_MAX_TOKENS)
     questions = stratified_subset(mt_bench.load_questions(root), "category", opts.limit, opts.seed)
     prompts = mt_bench.load_judge_prompts(root)
     references, ref_hash = mt_bench.load_reference_answers(mt_bench.reference_path(root))
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
     decoding = Decoding(temperature=mt_bench.JUDGE_TEMPERATURE, max_tokens=opts.judge_max_tokens)
-    cache = StageCache(opts.cache_dir)
     judgments = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
-    tokenizer = load_tokenizer(pair.student)
     written = []
     for row, record in records.items():
         t0 = time.perf_counter()
-        model_key = stable_hash(pair.teacher.identity()) if row == "teacher" else (
-            stable_hash(pair.student.identity()) if row == "student-init" else record["train_stage_key"])
         ids = [q["question_id"] for q in questions]
-        key = stable_hash({"answers": "mt_bench", "model": model_key, "questions": ids,
-                           "max_new_tokens": opts.max_new_tokens, "seed": opts.seed, "bench": harness.__version__})
-        if not cache.has("answers", key):
-            model, _ = load_row_model(opts, pair, row, record)
-            tok = load_tokenizer(pair.teacher) if row == "teacher" else tokenizer
-            answers = mt_bench_answers(model, tok, questions, opts.max_new_tokens, opts.seed)
-            del model
-            with cache.build("answers", key) as out:
-                write_json_atomic(out / "answers.json", answers)
-        answers = json.loads((cache.path("answers", key) / "answers.json").read_text())
+        answers, key = row_answers(opts, pair, row, record, "mt_bench", ids, {"max_new_tokens": opts.max_new_tokens},
+                                   lambda m, tok: mt_bench_answers(m, tok, questions, opts.max_new_tokens, opts.seed))
         requests, meta = [], []
         for q, ans in zip(questions, answers):
             for turn in (1, 2):
@@ -181,7 +204,6 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
         rows = [{**m, "score": mt_bench.parse_rating(r.text) if r.error is None else mt_bench.FAILED,
                  "judgment": r.text, "error": r.error} for m, r in zip(meta, results)]
         metrics = mt_bench.aggregate(rows)
-        folder = opts.results_dir / opts.pair / opts.run / row / "benchmarks"
         result = {
             "benchmark": "mt_bench", "row": row, "metrics": metrics, "judge": judge.identity(),
             "official_judge": judge.identity().get("kind") == "openai"
@@ -192,15 +214,89 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
             "judge_prompts_sha256": file_fingerprint(mt_bench._find(root, "judge_prompts.jsonl")),
             "judge_calls": counts, "answers_stage_key": key, "wall_clock_s": round(time.perf_counter() - t0, 2),
         }
-        write_json_atomic(folder / "mt_bench.json", result)
-        (folder / "mt_bench_judgments.jsonl").write_text(
-            "".join(json.dumps({**r, "answers": a}, sort_keys=True) + "\n"
-                    for r, a in zip(rows, [ans for ans in answers for _ in (1, 2)])))
+        path = write_result(opts, row, "mt_bench", result,
+                            [{**r, "answers": a} for r, a in zip(rows, [ans for ans in answers for _ in (1, 2)])])
         score = metrics.get("score")
         say(f"MT-Bench {row}: score {score if score is None else round(score, 3)} on {metrics['n']} judgments, "
             f"{metrics['n_failed']} unparsed ({counts['called']} judge calls, {counts['cached']} cached)")
-        written.append(folder / "mt_bench.json")
+        written.append(path)
     return written
 
 
-BENCHMARKS = {"mt_bench": eval_mt_bench}
+# ---------------------------------------------------------------- Arena-Hard v0.1
+
+
+def eval_arena_hard(opts: EvalOptions) -> list[Path]:
+    """Greedy answers, two games per question against gpt-4-0314 (positions swapped), the v0.1 judge config
+    and verdict weights, the Bradley-Terry score with a seeded bootstrap 95% interval."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.benchmarks import arena_hard
+    from harness.generation import generate
+    from harness.judges import cached_judge
+    from harness.pipeline import say
+
+    root = opts.data_dir
+    opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or arena_hard.ANSWER_MAX_TOKENS)
+    config = arena_hard.load_judge_config(root)
+    questions = stratified_subset(arena_hard.load_questions(root), "cluster", opts.limit, opts.seed)
+    baseline = arena_hard.load_answers(root, config["baseline_model"])
+    pattern = re.compile(config["regex_pattern"])
+    pair, records = run_rows(opts)
+    judge = make_judge(opts, pair)
+    max_tokens = opts.judge_max_tokens or int(config["max_tokens"])
+    decoding = Decoding(temperature=float(config["temperature"]), max_tokens=max_tokens)
+    cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    written = []
+    for row, record in records.items():
+        t0 = time.perf_counter()
+        ids = [q["uid"] for q in questions]
+        answers, key = row_answers(
+            opts, pair, row, record, "arena_hard", ids, {"max_new_tokens": opts.max_new_tokens},
+            lambda m, tok: [a["text"] for a in generate(m, tok, [[{"role": "user", "content": q["prompt"]}]
+                                                                  for q in questions], opts.max_new_tokens,
+                                                        desc="Arena-Hard answers")])
+        calls = {"n": 0}
+        lock = threading.Lock()
+
+        def play(i_game, answers=answers, calls=calls, lock=lock):
+            i, g = i_game
+            a, b = arena_hard.games(questions[i], baseline[questions[i]["uid"]], answers[i])[g]
+
+            def generate_one(messages):
+                result, called = cached_judge(judge, cache, messages, decoding)
+                with lock:
+                    calls["n"] += called
+                return result.text
+
+            return arena_hard.run_game(generate_one, arena_hard.judge_messages(config, questions[i], a, b), pattern)
+
+        with ThreadPoolExecutor(max_workers=max(1, getattr(judge, "concurrency", 1))) as pool:
+            games = list(pool.map(play, [(i, g) for i in range(len(questions)) for g in (0, 1)]))
+        rows, battles = [], []
+        for i, q in enumerate(questions):
+            g1, g2 = games[2 * i], games[2 * i + 1]
+            battles += arena_hard.battles(g1["verdict"], g2["verdict"])
+            rows.append({"uid": q["uid"], "cluster": q["cluster"], "answer": answers[i],
+                         "games": [{"verdict": g["verdict"], "judgment": g["judgment"]} for g in (g1, g2)]})
+        unparsed = sum(g["verdict"] is None for g in games)
+        metrics = {"n_questions": len(questions), "n_games": len(games), "n_unparsed_games": unparsed,
+                   "n_battles": len(battles), "score": None, "ci95": None}
+        if battles:
+            metrics["score"] = arena_hard.score(battles)
+            metrics["ci95"] = list(arena_hard.bootstrap_interval(battles))
+        result = {"benchmark": "arena_hard_v0.1", "row": row, "metrics": metrics, "judge": judge.identity(),
+                  "official_judge": judge.identity().get("kind") == "openai"
+                  and judge.identity().get("model") == config["judge_model"],
+                  "judge_decoding": decoding.to_dict(), "baseline": config["baseline_model"], "limit": opts.limit,
+                  "question_ids": ids, "answer_max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
+                  "judge_calls": calls["n"], "answers_stage_key": key,
+                  "wall_clock_s": round(time.perf_counter() - t0, 2)}
+        written.append(write_result(opts, row, "arena_hard", result, rows))
+        say(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
+            f"games without a verdict ({calls['n']} judge calls)")
+    return written
+
+
+BENCHMARKS = {"mt_bench": eval_mt_bench, "arena_hard": eval_arena_hard}

@@ -231,6 +231,18 @@ class JudgmentCache:
         return len(self._entries)
 
 
+def cached_judge(judge: Judge, cache: JudgmentCache, messages: list[dict], decoding: Decoding) -> tuple[Judgment, bool]:
+    """One judgment through the cache; returns it and whether a call was made. Failures are not cached."""
+    key = JudgmentCache.key(judge, messages, decoding)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit, False
+    result = judge.judge(messages, decoding)
+    if result.error is None:
+        cache.put(key, result)
+    return result, True
+
+
 def judge_all(judge: Judge, requests: list[list[dict]], decoding: Decoding, cache: JudgmentCache,
               desc: str = "judge") -> tuple[list[Judgment], dict]:
     """Judge every message list, cached ones from the cache; returns judgments in order and call counts.

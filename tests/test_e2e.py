@@ -238,3 +238,23 @@ def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
     args[args.index("--rows") + 1] = "sft"
     bad = CliRunner().invoke(main, args)
     assert bad.exit_code == 2 and "saved no checkpoint" in bad.output
+
+
+def test_arena_hard_eval_plays_two_games_per_question(workspace):
+    root = workspace["root"]
+    args = ["eval", "--benchmarks", "arena_hard", "--judge", "local:teacher", "--run", "tiny-seed0", "--rows",
+            "teacher", "--limit", "1", "--max-new-tokens", "4", "--judge-max-tokens", "4",
+            "--data-dir", str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
+            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache")]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    folder = root / "results/smollm2-135m/tiny-seed0/teacher/benchmarks"
+    result = json.loads((folder / "arena_hard.json").read_text())
+    m = result["metrics"]
+    assert m["n_questions"] == 1 and m["n_games"] == 2 and result["baseline"] == "gpt-4-0314"
+    assert 2 <= result["judge_calls"] <= 4  # one call per game, a second when the first gave no verdict
+    assert (m["score"] is None) == (m["n_battles"] == 0)
+    line = json.loads((folder / "arena_hard_judgments.jsonl").read_text())
+    assert len(line["games"]) == 2 and all(g["judgment"] for g in line["games"])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "(0 judge calls)" in again.output
