@@ -98,16 +98,16 @@ def load_row_model(opts: EvalOptions, pair, row: str, record: dict):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if row == "teacher":
-        return load_model(pair.teacher).to(device), stable_hash(pair.teacher.identity())
+        return load_model(pair.teacher).to(device)
     if row == "student-init":
         if record.get("warmstart_steps"):
             raise BenchError("Scoring a warm-started student-init row is not supported yet; drop it with --rows.")
-        return load_model(pair.student).to(device), stable_hash(pair.student.identity())
+        return load_model(pair.student).to(device)
     folder = opts.cache_dir / "train" / record["train_stage_key"] / "checkpoint"
     if not folder.exists():
         raise BenchError(f"The weights of {row!r} are not in the cache ({folder}): its budget saved no checkpoint, "
                          "or the cache was cleared. Re-run the method with a budget that saves checkpoints.")
-    return load_model_from(folder).to(device), record["train_stage_key"]
+    return load_model_from(folder).to(device)
 
 
 def model_key(pair, row: str, record: dict) -> str:
@@ -127,7 +127,7 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     key = stable_hash({"answers": benchmark, "model": model_key(pair, row, record), "questions": ids,
                        **settings, "seed": opts.seed, "bench": harness.__version__})
     if not cache.has("answers", key):
-        model, _ = load_row_model(opts, pair, row, record)
+        model = load_row_model(opts, pair, row, record)
         answers = make(model, load_tokenizer(pair.teacher if row == "teacher" else pair.student))
         del model
         with cache.build("answers", key) as out:
