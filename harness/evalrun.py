@@ -211,7 +211,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
             "judge_decoding": decoding.to_dict(), "limit": opts.limit, "n_questions": len(questions),
             "question_ids": ids, "answer_max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
             "reference_answers_sha256": ref_hash,
-            "judge_prompts_sha256": file_fingerprint(mt_bench._find(root, "judge_prompts.jsonl")),
+            "judge_prompts_sha256": file_fingerprint(mt_bench.data_file(root, "judge_prompts.jsonl")),
             "judge_calls": counts, "answers_stage_key": key, "wall_clock_s": round(time.perf_counter() - t0, 2),
         }
         path = write_result(opts, row, "mt_bench", result,

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.benchmarks import find_file
 from harness.errors import BenchError
 
 SUBDIR = "benchmarks/alpaca_eval"  # where the files sit under a shared data folder (e.g. ../shared)
@@ -55,15 +56,8 @@ def load_eval_set(root) -> list[dict]:
 
     ``root`` is the AlpacaEval folder itself or a data folder holding ``benchmarks/alpaca_eval``.
     """
-    root = Path(root).expanduser()
-    tried = [root / EVAL_SET_FILE, root / SUBDIR / EVAL_SET_FILE]
-    path = next((p for p in tried if p.is_file()), None)
-    if path is None:
-        raise BenchError(
-            f"AlpacaEval eval set {EVAL_SET_FILE} not found; looked at: {', '.join(str(p) for p in tried)}. Point "
-            f"--data-dir (or BENCH_DATA_DIR) at the shared data folder that holds {SUBDIR}/ (this project uses "
-            "../shared), or put a copy of tatsu-lab/alpaca_eval results/gpt4_1106_preview/model_outputs.json there."
-        )
+    path = find_file(root, SUBDIR, EVAL_SET_FILE, "AlpacaEval eval set",
+                     ", or put a copy of tatsu-lab/alpaca_eval results/gpt4_1106_preview/model_outputs.json there")
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -14,13 +14,13 @@ Pure functions: no network, no model (a judge enters ``run_game`` as a callable)
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
+from harness.benchmarks import find_file, read_jsonl
 from harness.errors import BenchError
 
 SUBDIR = "benchmarks/arena_hard_v0.1"  # where the files sit under a shared data folder (e.g. ../shared)
@@ -41,34 +41,14 @@ _VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 # ---------------------------------------------------------------- data
 
 
-def _find(root, name: str) -> Path:
-    """``root`` is the Arena-Hard folder itself or a shared data folder holding ``benchmarks/arena_hard_v0.1``."""
-    root = Path(root).expanduser()
-    tried = [root / name, root / SUBDIR / name]
-    for path in tried:
-        if path.is_file():
-            return path
-    raise BenchError(
-        f"Arena-Hard file {name} not found; looked at: {', '.join(str(p) for p in tried)}. Point --data-dir "
-        f"(or BENCH_DATA_DIR) at the shared data folder that holds {SUBDIR}/ (this project uses ../shared)."
-    )
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BenchError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
-    return rows
+def data_file(root, name: str) -> Path:
+    return find_file(root, SUBDIR, name, "Arena-Hard file")
 
 
 def load_questions(root, expected: int | None = N_QUESTIONS) -> list[dict]:
     """The questions in file order, each ``{uid, category, cluster, prompt}`` (the newer schema)."""
-    path = _find(root, "question.jsonl")
-    questions = _read_jsonl(path)
+    path = data_file(root, "question.jsonl")
+    questions = read_jsonl(path)
     for i, q in enumerate(questions, 1):
         if "uid" not in q or not isinstance(q.get("prompt"), str):
             raise BenchError(f"{path}:{i}: an Arena-Hard question needs 'uid' and 'prompt' (the newer schema).")
@@ -82,13 +62,13 @@ def load_questions(root, expected: int | None = N_QUESTIONS) -> list[dict]:
 def load_answers(root, model: str) -> dict[str, str]:
     """``{uid: answer text}`` from ``model_answer/<model>.jsonl``; the answer is the last message's ``answer``."""
     try:
-        path = _find(root, f"model_answer/{model}.jsonl")
+        path = data_file(root, f"model_answer/{model}.jsonl")
     except BenchError as e:
         folder = next((p for p in (Path(root), Path(root) / SUBDIR) if (p / "model_answer").is_dir()), None)
         have = sorted(p.stem for p in folder.glob("model_answer/*.jsonl")) if folder else []
         raise BenchError(f"{e} Answers present: {', '.join(have) or 'none'}.") from None
     answers = {}
-    for i, row in enumerate(_read_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         try:
             last = row["messages"][-1]
             assert last["role"] == "assistant"
@@ -103,7 +83,7 @@ def load_judge_config(root) -> dict:
     """``judge_config.yaml``: judge, baseline, decoding, verdict regex, system prompt and user template(s)."""
     import yaml
 
-    path = _find(root, "judge_config.yaml")
+    path = data_file(root, "judge_config.yaml")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

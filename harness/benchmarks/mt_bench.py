@@ -14,11 +14,11 @@ Pure functions: no network, no model. The protocol is ``shared/reference/benchma
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from pathlib import Path
 
+from harness.benchmarks import find_file, read_jsonl
 from harness.errors import BenchError
 from harness.judges import fold_system  # noqa: F401  (judges without a system role)
 
@@ -47,38 +47,14 @@ _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 # ---------------------------------------------------------------- data
 
 
-def _find(root, name: str) -> Path:
-    """``root`` is the MT-Bench folder itself or a shared data folder holding ``benchmarks/mt_bench``."""
-    root = Path(root).expanduser()
-    tried = [root / name, root / SUBDIR / name]
-    for path in tried:
-        if path.is_file():
-            return path
-    raise BenchError(
-        f"MT-Bench file {name} not found; looked at: {', '.join(str(p) for p in tried)}. Point --data-dir "
-        f"(or BENCH_DATA_DIR) at the shared data folder that holds {SUBDIR}/ (this project uses ../shared)."
-    )
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BenchError(f"File {path} does not exist; give the path of an existing JSONL file.") from None
-    for lineno, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BenchError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
-    return rows
+def data_file(root, name: str) -> Path:
+    return find_file(root, SUBDIR, name, "MT-Bench file")
 
 
 def load_questions(root, expected: int | None = N_QUESTIONS) -> list[dict]:
     """The questions in file order, each ``{question_id, category, turns[2], ...}``; checked at load time."""
-    path = _find(root, "question.jsonl")
-    questions = _read_jsonl(path)
+    path = data_file(root, "question.jsonl")
+    questions = read_jsonl(path)
     for i, q in enumerate(questions, 1):
         if not {"question_id", "category", "turns"} <= set(q) or len(q["turns"]) != 2:
             raise BenchError(f"{path}:{i}: an MT-Bench question needs question_id, category and two turns.")
@@ -92,13 +68,13 @@ def load_questions(root, expected: int | None = N_QUESTIONS) -> list[dict]:
 
 def load_judge_prompts(root) -> dict[str, dict]:
     """The judge prompts by name (``single-v1``, ``single-math-v1-multi-turn``, ``pair-v2``, ...)."""
-    path = _find(root, "judge_prompts.jsonl")
-    return {p["name"]: p for p in _read_jsonl(path)}
+    path = data_file(root, "judge_prompts.jsonl")
+    return {p["name"]: p for p in read_jsonl(path)}
 
 
 def reference_path(root, judge: str = "gpt-4") -> Path:
     """Upstream's default reference file, named after the judge: ``reference_answer/<judge>.jsonl``."""
-    return _find(root, f"reference_answer/{judge}.jsonl")
+    return data_file(root, f"reference_answer/{judge}.jsonl")
 
 
 def load_reference_answers(path) -> tuple[dict[int, list[str]], str]:
@@ -111,7 +87,7 @@ def load_reference_answers(path) -> tuple[dict[int, list[str]], str]:
         raise BenchError(f"MT-Bench reference answer file {path} does not exist. Give an existing file, e.g. "
                          f"{SUBDIR}/reference_answer/gpt-4.jsonl under the shared data folder.")
     refs = {}
-    for i, row in enumerate(_read_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         try:
             refs[row["question_id"]] = list(row["choices"][0]["turns"])
         except (KeyError, IndexError, TypeError):
