@@ -44,6 +44,48 @@ class BenchGroup(click.Group):
             sys.exit(130)
 
 
+def _eval_options(command):
+    """The options that say how benchmarks score a run's rows: shared by `bench eval` and `bench run`."""
+    options = [
+        click.option("--judge", default=None,
+                     help="Judge for mt_bench, arena_hard, alpaca_eval: local:teacher, local:<hub id|folder|.gguf>, "
+                          "or openai:<model> (key from OPENAI_API_KEY)."),
+        click.option("--judge-base-url", default=None,
+                     help="OpenAI-compatible server URL (vLLM, transformers serve, llama.cpp); default api.openai.com."),
+        click.option("--verdict", type=click.Choice(["free", "constrained"]), default="free", show_default=True,
+                     help="free: the judge writes its verdict (the protocol). constrained (local judges): its most "
+                          "likely verdict among the benchmark's own; labelled so on the leaderboard."),
+        click.option("--limit", type=int, default=None, help="A seeded subset of N questions, every category covered."),
+        click.option("--max-new-tokens", type=int, default=None,
+                     help="Answer length (default: the benchmark's: MT-Bench 1024, Arena-Hard 4096, AlpacaEval 2048)."),
+        click.option("--judge-max-tokens", type=int, default=None,
+                     help="Judge length (default: the benchmark's: MT-Bench 2048, Arena-Hard 4096)."),
+        click.option("--mt-bench-reference", default=None, type=click.Path(path_type=Path),
+                     help="MT-Bench reference answers (JSONL), e.g. a corrected set; default upstream's gpt-4.jsonl."),
+        click.option("--reward-model", default=None,
+                     help="rm_winrate: a sequence-classification reward model (hub id or local folder)."),
+        click.option("--rm-reference", default="teacher", show_default=True,
+                     help="rm_winrate: the row whose answers each row is compared with (e.g. teacher, sft)."),
+        click.option("--lm-eval-include", default=None, type=click.Path(path_type=Path),
+                     help="lm_eval:<task>: a folder of extra lm-eval task YAMLs."),
+        click.option("--trust-remote-code", is_flag=True, default=False,
+                     help="Let a reward model run its own code from the hub (ArmoRM needs it). Off by default."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _eval_opts(results_dir, cache_dir, data_dir, pair, run_name, rows, seed, kw) -> object:
+    from harness.cache import default_cache_dir
+    from harness.evalrun import EvalOptions
+
+    if data_dir is None:
+        raise BenchError("Pass --data-dir (or BENCH_DATA_DIR): the folder holding benchmarks/, e.g. ../shared.")
+    return EvalOptions(results_dir=Path(results_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+                       data_dir=Path(data_dir), pair=pair, run=run_name, rows=rows, seed=seed, **kw)
+
+
 @click.group(cls=BenchGroup)
 def main():
     """Distil an aligned teacher's preferences into a small student with many methods under one budget,
@@ -69,8 +111,12 @@ def main():
 @click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path),
               help="Stage cache (env BENCH_CACHE_DIR; default ~/.cache/bench).")
+@click.option("--benchmarks", default=None,
+              help="Also score every row on these benchmarks after training (as `bench eval`), e.g. "
+                   "mt_bench,alpaca_eval,arena_hard with --judge.")
+@_eval_options
 def run(methods, pair, teacher, student, budget_name, budget_set, method_set, seed, data_dir, dataset, run_name,
-        results_dir, leaderboard_dir, cache_dir):
+        results_dir, leaderboard_dir, cache_dir, benchmarks, **eval_kw):
     """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
     from harness.budgets import get_budget
     from harness.cache import default_cache_dir
@@ -102,7 +148,19 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         dataset=dataset, run_name=run_name, method_options=method_options,
         command="bench " + shlex.join(sys.argv[1:]),
     )
+    bench_names, eval_opts = [], None
+    if benchmarks:  # checked before any training, so a typo costs nothing
+        from harness.evalrun import check_benchmarks, parse_benchmarks, run_benchmarks
+
+        if teacher:
+            raise BenchError("--benchmarks scores a registered pair's run; for an ad-hoc pair run `bench eval` later.")
+        bench_names = parse_benchmarks(benchmarks)
+        eval_opts = _eval_opts(results_dir, cache_dir, opts.data_dir, the_pair.name, opts.name, None, opts.seed,
+                               eval_kw)
+        check_benchmarks(eval_opts, bench_names)
     run_dir = run_pipeline(opts)
+    for name, path in run_benchmarks(eval_opts, bench_names) if bench_names else ():
+        click.echo(f"{name}: {path}")
     written = regenerate(results_dir, leaderboard_dir)
     click.echo(f"results: {run_dir}")
     for path in written:
@@ -189,41 +247,30 @@ def compare(row_a, row_b, pair, run_name, results_dir):
 
 
 @main.command("eval")
-@click.option("--benchmarks", required=True, help="Comma-separated benchmarks: mt_bench, arena_hard.")
-@click.option("--judge", required=True, help="local:teacher, local:<hub id|folder|.gguf>, or openai:<model>.")
-@click.option("--judge-base-url", default=None, help="OpenAI-compatible server URL (key from OPENAI_API_KEY).")
+@click.option("--benchmarks", required=True,
+              help="Comma-separated: mt_bench, arena_hard, alpaca_eval, rm_winrate, lm_eval:<task> (any lm-eval task).")
+@_eval_options
 @click.option("--pair", default="smollm2-135m", show_default=True)
 @click.option("--run", "run_name", default="smoke-seed0", show_default=True)
 @click.option("--rows", default=None, help="Comma-separated rows to score (default: every row of the run).")
-@click.option("--limit", type=int, default=None, help="A seeded subset of N questions, every category covered.")
-@click.option("--max-new-tokens", type=int, default=None,
-              help="Answer length (default: the benchmark's: MT-Bench 1024, Arena-Hard 4096).")
-@click.option("--judge-max-tokens", type=int, default=None,
-              help="Judge length (default: the benchmark's: MT-Bench 2048, Arena-Hard 4096).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
               help="Folder holding benchmarks/ (e.g. ../shared); also BENCH_DATA_DIR.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path))
-def eval_command(benchmarks, judge, judge_base_url, pair, run_name, rows, limit, max_new_tokens, judge_max_tokens,
-                 seed, data_dir, results_dir, cache_dir):
-    """Score the rows of a finished run on judge benchmarks; answers and judgments are cached."""
-    from harness.cache import default_cache_dir
-    from harness.evalrun import BENCHMARKS, EvalOptions
+def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, leaderboard_dir, cache_dir, **kw):
+    """Score the rows of a finished run on benchmarks; answers and judgments are cached."""
+    from harness.evalrun import parse_benchmarks, run_benchmarks
+    from harness.leaderboard import regenerate
 
-    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BENCHMARKS]
-    if unknown:
-        raise BenchError(f"Unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(BENCHMARKS)}.")
-    if data_dir is None:
-        raise BenchError("Pass --data-dir (or BENCH_DATA_DIR): the folder holding benchmarks/, e.g. ../shared.")
-    opts = EvalOptions(results_dir=Path(results_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                       data_dir=Path(data_dir), pair=pair, run=run_name, judge=judge, judge_base_url=judge_base_url,
-                       limit=limit, max_new_tokens=max_new_tokens, judge_max_tokens=judge_max_tokens,
-                       rows=[r.strip() for r in rows.split(",")] if rows else None, seed=seed)
-    for name in names:
-        for path in BENCHMARKS[name](opts):
-            click.echo(f"{name}: {path}")
+    names = parse_benchmarks(benchmarks)
+    opts = _eval_opts(results_dir, cache_dir, data_dir, pair, run_name,
+                      [r.strip() for r in rows.split(",")] if rows else None, seed, kw)
+    for name, path in run_benchmarks(opts, names):
+        click.echo(f"{name}: {path}")
+    for path in regenerate(results_dir, leaderboard_dir):
+        click.echo(f"leaderboard: {path}")
 
 
 if __name__ == "__main__":

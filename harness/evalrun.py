@@ -4,13 +4,19 @@ Each row of a run (its methods, the teacher, the untrained student) answers the 
 judge grades the answers through the judgment cache; the scores go to
 ``results/<pair>/<run>/<row>/benchmarks/<benchmark>.json`` with the judge's identity, the subset and every
 setting that makes the number what it is. Answers are cached stages too, so a second call makes no model or
-judge call. Today: MT-Bench (single-answer grading).
+judge call. Benchmarks: MT-Bench (single-answer grading), Arena-Hard v0.1, AlpacaEval 2.
+
+Verdicts are ``free`` (the judge writes text, parsed as upstream parses it: the protocol) or ``constrained``
+(local judges only: the judge's most likely verdict string among the benchmark's own, e.g. `` [[1]]`` ...
+`` [[10]]`` after ``Rating:``), for small judges that seldom write a parseable verdict. Constrained results are
+labelled so and never share a leaderboard column with free ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import threading
 import time
@@ -24,6 +30,11 @@ from harness.judges import Decoding, Judge, JudgmentCache, OpenAIJudge, Transfor
 from harness.registry import PAIRS
 
 OFFICIAL_JUDGES = {"mt_bench": ("gpt-4", "gpt-4-0613")}  # the alias and the snapshot the maintainers used
+VERDICTS = ("free", "constrained")
+# What a constrained judge chooses from, per benchmark: (prefix, choices); the parsers read prefix + choice.
+MT_BENCH_CHOICES = ("Rating:", tuple(f" [[{k}]]" for k in range(1, 11)))
+ARENA_HARD_CHOICES = ("My final verdict is:", tuple(f" [[{v}]]" for v in ("A>>B", "A>B", "A=B", "B>A", "B>>A")))
+ALPACA_EVAL_CHOICES = ("", ("m", "M"))  # the weighted annotator's two verdict tokens
 
 
 @dataclass
@@ -33,18 +44,69 @@ class EvalOptions:
     data_dir: Path
     pair: str
     run: str
-    judge: str  # "local:teacher", "local:<model id, folder or .gguf>", or "openai:<model>"
+    judge: str | None = None  # "local:teacher", "local:<model id, folder or .gguf>", or "openai:<model>"
     judge_base_url: str | None = None
     limit: int | None = None
     max_new_tokens: int | None = None  # answer length; None: the benchmark's (MT-Bench 1024, Arena-Hard 4096)
     judge_max_tokens: int | None = None  # judge length; None: the benchmark's (MT-Bench 2048, Arena-Hard 4096)
     rows: list[str] | None = None
     seed: int = 0
+    verdict: str = "free"  # "free" (the protocol) or "constrained" (local judges; see the module docstring)
+    reward_model: str | None = None  # rm_winrate: hub id or local folder of a sequence classifier
+    rm_reference: str = "teacher"  # rm_winrate: the row every row's answers are compared with
+    lm_eval_include: Path | None = None  # lm_eval:<task>: extra task YAMLs
+    mt_bench_reference: Path | None = None  # MT-Bench reference answers; None: upstream's gpt-4.jsonl
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise BenchError(f"--verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}.")
+        if self.limit is not None and self.limit < 1:
+            raise BenchError(f"--limit must be a positive number of questions, not {self.limit}.")
+
+
+JUDGED = ("mt_bench", "arena_hard", "alpaca_eval")
+
+
+def parse_benchmarks(text: str) -> list[str]:
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BENCHMARKS and not (b.startswith("lm_eval:") and len(b) > 8)]
+    if unknown or not names:
+        raise BenchError(f"Unknown benchmark(s) {', '.join(unknown) or '(none given)'}; available: "
+                         f"{', '.join(BENCHMARKS)}, and lm_eval:<task> for any lm-eval task (e.g. lm_eval:gsm8k).")
+    return list(dict.fromkeys(names))
+
+
+def check_benchmarks(opts: EvalOptions, names: list[str]) -> None:
+    """Everything that can be checked before any model is loaded."""
+    if any(n in JUDGED for n in names):
+        make_judge(opts, PAIRS.get(opts.pair))
+    if "rm_winrate" in names and not opts.reward_model:
+        raise BenchError("rm_winrate needs --reward-model: a sequence-classification reward model (hub id or local "
+                         "folder), e.g. Skywork/Skywork-Reward-V2-Llama-3.1-8B.")
+
+
+def run_benchmarks(opts: EvalOptions, names: list[str]) -> list[tuple[str, Path]]:
+    check_benchmarks(opts, names)
+    lm_tasks = [n.partition(":")[2] for n in names if n.startswith("lm_eval:")]
+    written = []
+    for name in names:
+        if name in BENCHMARKS:
+            written += [(name, path) for path in BENCHMARKS[name](opts)]
+    if lm_tasks:
+        written += [("lm_eval", path) for path in eval_lm_eval(opts, lm_tasks)]
+    return written
 
 
 def make_judge(opts: EvalOptions, pair) -> Judge:
+    if not opts.judge:
+        raise BenchError("The judged benchmarks (mt_bench, arena_hard, alpaca_eval) need --judge: local:teacher, "
+                         "local:<hub id, folder or .gguf>, or openai:<model> with --judge-base-url for a server.")
     kind, _, name = opts.judge.partition(":")
     if kind == "openai" and name:
+        if opts.verdict == "constrained":
+            raise BenchError("--verdict constrained needs a local judge (local:...): chat-completion servers do not "
+                             "score whole verdict strings. Use --verdict free with an OpenAI-compatible judge.")
         return OpenAIJudge(name, base_url=opts.judge_base_url)
     if kind == "local" and name:
         from harness.models import ModelSpec
@@ -71,7 +133,18 @@ def stratified_subset(items: list[dict], key: str, limit: int | None, seed: int)
         for name in order:
             if strata[name] and len(picked) < limit:
                 picked.append(strata[name].pop())
-    return sorted(picked, key=lambda q: str(q.get("question_id", q.get("uid"))))
+    return sorted(picked, key=_item_id)
+
+
+def _item_id(item: dict):
+    value = item.get("question_id", item.get("uid", item.get("index")))
+    return (0, value, "") if isinstance(value, int) else (1, 0, str(value))
+
+
+def judge_decoding(opts: EvalOptions, temperature: float, max_tokens: int, choices: tuple) -> Decoding:
+    if opts.verdict == "constrained":
+        return Decoding(temperature=temperature, max_tokens=max_tokens, prefix=choices[0], choices=choices[1])
+    return Decoding(temperature=temperature, max_tokens=max_tokens)
 
 
 def run_rows(opts: EvalOptions) -> tuple[object, dict[str, dict]]:
@@ -135,10 +208,24 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
 
 
-def write_result(opts: EvalOptions, row: str, benchmark: str, result: dict, lines: list[dict]) -> Path:
+def result_header(opts: EvalOptions, benchmark: str, row: str, judge: Judge, decoding: Decoding,
+                  official_models: tuple, question_ids: list, answers_key: str, t0: float) -> dict:
+    """What every benchmark result records besides its metrics: who judged, how, on which questions."""
+    identity = judge.identity()
+    return {"benchmark": benchmark, "row": row, "judge": identity,
+            "official_judge": identity.get("kind") == "openai" and identity.get("model") in official_models
+            and opts.verdict == "free",
+            "verdict": opts.verdict, "judge_decoding": decoding.to_dict(), "limit": opts.limit,
+            "question_ids": question_ids, "answer_max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
+            "answers_stage_key": answers_key, "wall_clock_s": round(time.perf_counter() - t0, 2),
+            "bench_version": harness.__version__}
+
+
+def write_result(opts: EvalOptions, row: str, benchmark: str, result: dict, lines: list[dict] | None) -> Path:
     folder = opts.results_dir / opts.pair / opts.run / row / "benchmarks"
     write_json_atomic(folder / f"{benchmark}.json", result)
-    (folder / f"{benchmark}_judgments.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+    if lines is not None:
+        (folder / f"{benchmark}_judgments.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
     return folder / f"{benchmark}.json"
 
 
@@ -182,10 +269,10 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
                                judge_max_tokens=opts.judge_max_tokens or mt_bench.JUDGE_MAX_TOKENS)
     questions = stratified_subset(mt_bench.load_questions(root), "category", opts.limit, opts.seed)
     prompts = mt_bench.load_judge_prompts(root)
-    references, ref_hash = mt_bench.load_reference_answers(mt_bench.reference_path(root))
+    references, ref_hash = mt_bench.load_reference_answers(opts.mt_bench_reference or mt_bench.reference_path(root))
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
-    decoding = Decoding(temperature=mt_bench.JUDGE_TEMPERATURE, max_tokens=opts.judge_max_tokens)
+    decoding = judge_decoding(opts, mt_bench.JUDGE_TEMPERATURE, opts.judge_max_tokens, MT_BENCH_CHOICES)
     judgments = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
     written = []
     for row, record in records.items():
@@ -205,14 +292,10 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
                  "judgment": r.text, "error": r.error} for m, r in zip(meta, results)]
         metrics = mt_bench.aggregate(rows)
         result = {
-            "benchmark": "mt_bench", "row": row, "metrics": metrics, "judge": judge.identity(),
-            "official_judge": judge.identity().get("kind") == "openai"
-            and judge.identity().get("model") in OFFICIAL_JUDGES["mt_bench"],
-            "judge_decoding": decoding.to_dict(), "limit": opts.limit, "n_questions": len(questions),
-            "question_ids": ids, "answer_max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
-            "reference_answers_sha256": ref_hash,
+            **result_header(opts, "mt_bench", row, judge, decoding, OFFICIAL_JUDGES["mt_bench"], ids, key, t0),
+            "metrics": metrics, "n_questions": len(questions), "reference_answers_sha256": ref_hash,
             "judge_prompts_sha256": file_fingerprint(mt_bench.data_file(root, "judge_prompts.jsonl")),
-            "judge_calls": counts, "answers_stage_key": key, "wall_clock_s": round(time.perf_counter() - t0, 2),
+            "judge_calls": counts,
         }
         path = write_result(opts, row, "mt_bench", result,
                             [{**r, "answers": a} for r, a in zip(rows, [ans for ans in answers for _ in (1, 2)])])
@@ -246,7 +329,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
     max_tokens = opts.judge_max_tokens or int(config["max_tokens"])
-    decoding = Decoding(temperature=float(config["temperature"]), max_tokens=max_tokens)
+    decoding = judge_decoding(opts, float(config["temperature"]), max_tokens, ARENA_HARD_CHOICES)
     cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
     written = []
     for row, record in records.items():
@@ -286,17 +369,201 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
         if battles:
             metrics["score"] = arena_hard.score(battles)
             metrics["ci95"] = list(arena_hard.bootstrap_interval(battles))
-        result = {"benchmark": "arena_hard_v0.1", "row": row, "metrics": metrics, "judge": judge.identity(),
-                  "official_judge": judge.identity().get("kind") == "openai"
-                  and judge.identity().get("model") == config["judge_model"],
-                  "judge_decoding": decoding.to_dict(), "baseline": config["baseline_model"], "limit": opts.limit,
-                  "question_ids": ids, "answer_max_new_tokens": opts.max_new_tokens, "seed": opts.seed,
-                  "judge_calls": calls["n"], "answers_stage_key": key,
-                  "wall_clock_s": round(time.perf_counter() - t0, 2)}
+        result = {**result_header(opts, "arena_hard_v0.1", row, judge, decoding, (config["judge_model"],), ids, key,
+                                  t0),
+                  "metrics": metrics, "baseline": config["baseline_model"], "judge_calls": calls["n"]}
         written.append(write_result(opts, row, "arena_hard", result, rows))
         say(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
             f"games without a verdict ({calls['n']} judge calls)")
     return written
 
 
-BENCHMARKS = {"mt_bench": eval_mt_bench, "arena_hard": eval_arena_hard}
+# ---------------------------------------------------------------- AlpacaEval 2
+
+
+def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
+    """Greedy answers to the instructions, the weighted GPT-4 Turbo annotator's prompt and position switch, the
+    preference from the judge's first-token log-probs of ``m`` and ``M``, upstream's win rate and standard error,
+    and the ``length_controlled_minimal`` GLM (never presented as the official LC, which needs hub files)."""
+    from harness.benchmarks import alpaca_eval
+    from harness.generation import generate
+    from harness.pipeline import say
+
+    opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or alpaca_eval.ANSWER_MAX_NEW_TOKENS)
+    eval_set = [{**r, "index": i} for i, r in enumerate(alpaca_eval.load_eval_set(opts.data_dir))]
+    subset = stratified_subset(eval_set, "dataset", opts.limit, opts.seed)
+    pair, records = run_rows(opts)
+    judge = make_judge(opts, pair)
+    official = alpaca_eval.JUDGE_DECODING
+    if opts.verdict == "constrained":
+        decoding = Decoding(temperature=official["temperature"], max_tokens=official["max_tokens"],
+                            prefix=ALPACA_EVAL_CHOICES[0], choices=ALPACA_EVAL_CHOICES[1])
+    else:
+        decoding = Decoding(temperature=official["temperature"], max_tokens=official["max_tokens"],
+                            top_logprobs=official["top_logprobs"])
+    cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    written = []
+    for row, record in records.items():
+        t0 = time.perf_counter()
+        ids = [r["index"] for r in subset]
+        answers, key = row_answers(
+            opts, pair, row, record, "alpaca_eval", ids, {"max_new_tokens": opts.max_new_tokens},
+            lambda m, tok: [a["text"] for a in generate(m, tok, [[{"role": "user", "content": r["instruction"]}]
+                                                                  for r in subset], opts.max_new_tokens,
+                                                        desc="AlpacaEval answers")])
+        outputs = [{"instruction": r["instruction"], "output": a, "generator": row} for r, a in zip(subset, answers)]
+        plan = alpaca_eval.judge_plan(subset, outputs)
+        to_judge = [p["messages"] for p in plan if p["messages"] is not None]
+        judged, counts = judge_all(judge, to_judge, decoding, cache, desc=f"judge AlpacaEval {row}")
+        judged = iter(judged)
+        annotations = []
+        for p in plan:
+            messages = p.pop("messages")
+            j = next(judged) if messages is not None else None
+            if j is None:
+                preference = alpaca_eval.DRAW
+            elif j.error is not None:
+                preference = None  # a failed call: missing, counted, tried again by a re-run
+            else:
+                preference = alpaca_eval.preference_from_top_logprobs(j.top_logprobs, p["switched"])
+            annotations.append({**p, "preference": preference, "error": None if j is None else j.error,
+                                "top_logprobs": None if j is None or j.top_logprobs is None
+                                else [list(t) for t in j.top_logprobs]})
+        metrics = alpaca_eval.summarize([a["preference"] for a in annotations], outputs)
+        scored = [a for a in annotations if a["preference"] is not None and not math.isnan(a["preference"])]
+        if len(scored) >= alpaca_eval.LC_MIN_ROWS:
+            metrics.update(alpaca_eval.length_controlled_minimal(scored))
+        else:
+            metrics["lc_win_rate_minimal"] = None
+            metrics["lc_variant"] = (f"length_controlled_minimal needs at least {alpaca_eval.LC_MIN_ROWS} judged "
+                                     f"rows; {len(scored)} here")
+        result = {**result_header(opts, "alpaca_eval_2", row, judge, decoding, (official["model"],), ids, key, t0),
+                  "metrics": metrics, "annotator": alpaca_eval.ANNOTATOR,
+                  "reference_generator": alpaca_eval.REFERENCE_GENERATOR, "judge_calls": counts,
+                  "eval_set_sha256": file_fingerprint(alpaca_eval.eval_set_path(opts.data_dir))}
+        written.append(write_result(opts, row, "alpaca_eval", result, annotations))
+        say(f"AlpacaEval 2 {row}: win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} on "
+            f"{metrics['n_total']} rows, {metrics['n_missing']} missing ({counts['called']} judge calls, "
+            f"{counts['cached']} cached)")
+    return written
+
+
+# ---------------------------------------------------------------- reward-model win rate
+
+
+def cached_scorer(scorer, identity: dict, cache: JudgmentCache):
+    """A scorer whose rewards go through the judgment cache (a reward is a judgment: kept as its repr)."""
+    from harness.judges import Judgment
+
+    def score(pairs):
+        keys = [stable_hash({"reward_model": identity, "messages": m, "response": r}, 32) for m, r in pairs]
+        todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
+        if todo:
+            for i, reward in zip(todo, scorer([pairs[i] for i in todo])):
+                cache.put(keys[i], Judgment(repr(float(reward))))
+        score.calls += len(todo)
+        return [float(cache.get(k).text) for k in keys]
+
+    score.calls = 0
+    return score
+
+
+def eval_rm_winrate(opts: EvalOptions, scorer=None) -> list[Path]:
+    """Each row's greedy answers to the run's held-out prompts (written by `bench run`) against the reference
+    row's answers to the same prompts, scored by a reward model; hard and soft win rates with intervals.
+    ``scorer`` replaces the reward model (tests, or a user's own)."""
+    from harness.benchmarks import rm_winrate
+    from harness.pipeline import say
+
+    pair, records = run_rows(dataclasses.replace(opts, rows=None))
+    if opts.rm_reference not in records:
+        raise BenchError(f"--rm-reference {opts.rm_reference!r} is not a row of the run; it has "
+                         f"{', '.join(records)}.")
+    run_dir = opts.results_dir / opts.pair / opts.run
+
+    def answers_of(row):
+        path = run_dir / row / "answers.jsonl"
+        if not path.exists():
+            raise BenchError(f"{path} is missing: rm_winrate compares the answers `bench run` writes; re-run the "
+                             "row with a budget that generates answers (gen_eval_examples > 0).")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    reference = answers_of(opts.rm_reference)
+    picked = stratified_subset([{**a, "index": i, "stratum": ""} for i, a in enumerate(reference)], "stratum",
+                               opts.limit, opts.seed)
+    ids = [a["index"] for a in picked]
+    if scorer is None:
+        model = rm_winrate.RewardModel(opts.reward_model, trust_remote_code=opts.trust_remote_code)
+        identity, scorer = model.identity(), model
+    else:
+        identity = {"kind": "scorer", "model": getattr(scorer, "name", type(scorer).__name__)}
+    score = cached_scorer(scorer, identity, JudgmentCache(opts.cache_dir / "judgments" / "rewards.jsonl"))
+    written = []
+    for row in (opts.rows or list(records)):
+        if row == opts.rm_reference:
+            continue
+        t0 = time.perf_counter()
+        answers = answers_of(row)
+        if [a["prompt"] for a in answers] != [a["prompt"] for a in reference]:
+            raise BenchError(f"Rows {row!r} and {opts.rm_reference!r} answered different prompts; both must come "
+                             "from the same run.")
+        prompts = [[{"role": "user", "content": reference[i]["prompt"]}] for i in ids]
+        calls = score.calls
+        summary, per_row = rm_winrate.score_against_reference(
+            prompts, [answers[i]["answer"] for i in ids], [reference[i]["answer"] for i in ids], score, opts.seed)
+        result = {"benchmark": "rm_winrate", "row": row, "reference": opts.rm_reference, "reward_model": identity,
+                  "metrics": summary, "limit": opts.limit, "question_ids": ids, "seed": opts.seed,
+                  "reward_calls": score.calls - calls, "wall_clock_s": round(time.perf_counter() - t0, 2),
+                  "bench_version": harness.__version__}
+        written.append(write_result(opts, row, "rm_winrate", result, per_row))
+        say(f"RM win rate {row} vs {opts.rm_reference}: {summary['win_rate']:.1f} ± "
+            f"{summary['win_rate_se'] or 0:.1f} (soft {summary['soft_win_rate']:.1f}) on {summary['n']} prompts")
+    return written
+
+
+BENCHMARKS = {"mt_bench": eval_mt_bench, "arena_hard": eval_arena_hard, "alpaca_eval": eval_alpaca_eval,
+              "rm_winrate": eval_rm_winrate}
+
+
+# ---------------------------------------------------------------- lm-eval tasks
+
+
+def eval_lm_eval(opts: EvalOptions, tasks: list[str]) -> list[Path]:
+    """Any lm-eval task on each row's checkpoint through lm-eval's Python API (one model load for all tasks);
+    one result file per task, ``benchmarks/lm_eval_<task>.json``. ``--limit`` is a seeded subset of each task's
+    documents, ``--max-new-tokens`` caps generation tasks."""
+    from harness.benchmarks.lm_eval_tasks import run_tasks
+    from harness.pipeline import say
+
+    pair, records = run_rows(opts)
+    include = str(opts.lm_eval_include) if opts.lm_eval_include else None
+    settings = {"max_new_tokens": opts.max_new_tokens, "include": include and file_tree_fingerprint(include)}
+    written = []
+    for row, record in records.items():
+        t0 = time.perf_counter()
+        out, key = row_answers(opts, pair, row, record, "lm_eval", tasks, settings,
+                               lambda m, tok: run_tasks(m, tok, tasks, limit=opts.limit, seed=opts.seed,
+                                                        include_path=include, max_gen_toks=opts.max_new_tokens))
+        for task in tasks:
+            if task not in out["results"]:
+                raise BenchError(f"lm-eval returned no result named {task!r} (it returned "
+                                 f"{', '.join(out['results'])}); name the task or group exactly as lm-eval does.")
+            config = out["tasks"].get(task, {})
+            result = {"benchmark": "lm_eval", "row": row, "task": task, "tasks": {task: out["results"][task]},
+                      "lm_eval_version": out["lm_eval_version"], "limit": opts.limit, "seed": opts.seed,
+                      "question_ids": config.get("doc_indices"), "num_fewshot": out.get("num_fewshot"),
+                      "answer_max_new_tokens": opts.max_new_tokens, "task_config": config,
+                      "subtasks": out.get("groups", {}).get(task), "answers_stage_key": key,
+                      "wall_clock_s": round(time.perf_counter() - t0, 2), "bench_version": harness.__version__}
+            safe = task.replace("/", "_").replace(" ", "_")
+            written.append(write_result(opts, row, f"lm_eval_{safe}", result, None))
+            scores = ", ".join(f"{k} {v['value']:.3f}" for k, v in out["results"][task].items()
+                               if isinstance(v.get("value"), (int, float)))
+            say(f"lm-eval {task} {row}: {scores}")
+    return written
+
+
+def file_tree_fingerprint(folder: str) -> str:
+    """Which task YAMLs a folder held: part of the cache key, so an edited task is run again."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return stable_hash({str(p.relative_to(folder)): file_fingerprint(p) for p in paths})

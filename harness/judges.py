@@ -33,9 +33,18 @@ class Decoding:
     temperature: float = 0.0
     max_tokens: int = 2048
     top_logprobs: int = 0  # > 0: return the first token's top log-probs (the judge must support it)
+    # Constrained verdicts (local judges only): instead of free text, the judge's reply is ``prefix`` followed by
+    # the most likely of ``choices`` (each scored by its summed log-probability after the chat prompt and prefix).
+    # A small local judge rarely writes a parseable verdict on its own; this keeps its judgment on the benchmark's
+    # own scale, and the result says it was done this way.
+    prefix: str = ""
+    choices: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_logprobs": self.top_logprobs}
+        out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_logprobs": self.top_logprobs}
+        if self.choices:  # only then, so that the cache keys of free judgments stay what they were
+            out.update(prefix=self.prefix, choices=list(self.choices))
+        return out
 
 
 @dataclass
@@ -97,6 +106,9 @@ class OpenAIJudge(Judge):
     def judge(self, messages, decoding):
         import openai
 
+        if decoding.choices:
+            raise BenchError("Constrained verdicts need the judge's log-probabilities of whole answer strings, which "
+                             "chat-completion servers do not give; use a local judge (local:...) or free verdicts.")
         kwargs = {"model": self.model, "messages": messages, "temperature": decoding.temperature,
                   "max_tokens": decoding.max_tokens}
         if decoding.top_logprobs:
@@ -161,6 +173,8 @@ class TransformersJudge(Judge):
     def judge(self, messages, decoding):
         import torch
 
+        if decoding.choices:
+            return self.choose(messages, decoding.prefix, decoding.choices)
         with self._lock:  # one model, one forward at a time
             model, tok = self.load()
             ids = torch.tensor([self.prompt_ids(messages)], device=next(model.parameters()).device)
@@ -176,6 +190,35 @@ class TransformersJudge(Judge):
                                    eos_id=tok.eos_token_id, do_sample=decoding.temperature > 1e-4,
                                    temperature=max(decoding.temperature, 1e-4), desc=None)[0]
             return Judgment(tok.decode(new, skip_special_tokens=True).strip(), top)
+
+    def choose(self, messages: list[dict], prefix: str, choices: tuple[str, ...]) -> Judgment:
+        """The most likely of ``choices`` after the prompt and ``prefix``; ``top_logprobs`` holds every choice's
+        summed log-probability, in the order given. The prompt is run once and its cache shared by the choices."""
+        import torch
+
+        with self._lock:
+            model, tok = self.load()
+            device = next(model.parameters()).device
+            context = self.prompt_ids(messages) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+            options = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+            if not all(options):
+                raise BenchError(f"Every verdict choice must be non-empty text; got {list(choices)!r}.")
+            width = max(map(len, options))
+            # Right padding: a choice's real tokens never attend to the padding after them.
+            batch = torch.tensor([o + [o[-1]] * (width - len(o)) for o in options], device=device)
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([context], device=device), use_cache=True)
+                first = torch.log_softmax(out.logits[0, -1].float(), -1)
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(len(options))
+                rest = torch.log_softmax(model(input_ids=batch, past_key_values=cache).logits.float(), -1)
+            scores = []
+            for i, o in enumerate(options):
+                total = float(first[o[0]])
+                total += sum(float(rest[i, j - 1, o[j]]) for j in range(1, len(o)))
+                scores.append(total)
+            best = max(range(len(choices)), key=scores.__getitem__)
+            return Judgment(prefix + choices[best], [(c, v) for c, v in zip(choices, scores)])
 
 
 def fold_system(messages: list[dict]) -> list[dict]:

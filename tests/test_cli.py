@@ -150,3 +150,23 @@ def test_pad_mcq_with_one_sample_per_prompt_fails_before_sampling(tmp_path, shar
                                 "samples_per_prompt=1", "--data-dir", str(shared_dir)))
     assert_clean_error(code, out, "samples_per_prompt >= 2", "--set samples_per_prompt=4")
     assert not list((tmp_path / "cache").glob("signals/*/DONE"))  # nothing half-computed was kept
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--benchmarks", "mt_bnch"], ["Unknown benchmark(s) mt_bnch", "alpaca_eval", "lm_eval:<task>"]),
+    (["--benchmarks", "mt_bench"], ["need --judge", "local:teacher"]),
+    (["--benchmarks", "alpaca_eval", "--judge", "openai:gpt-4-1106-preview", "--verdict", "constrained"],
+     ["--verdict constrained needs a local judge"]),
+    (["--benchmarks", "rm_winrate"], ["rm_winrate needs --reward-model"]),
+    (["--benchmarks", "mt_bench", "--judge", "local:teacher", "--limit", "0"], ["--limit must be a positive"]),
+])
+def test_benchmark_mistakes_in_bench_run_fail_before_any_training(tmp_path, shared_dir, extra, needles):
+    code, out = bench(*run_args(tmp_path, "--methods", "sft", "--data-dir", str(shared_dir), *extra))
+    assert_clean_error(code, out, *needles)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
+
+
+def test_bench_eval_needs_a_finished_run(tmp_path, shared_dir):
+    code, out = bench("eval", "--benchmarks", "alpaca_eval", "--judge", "local:teacher", "--data-dir",
+                      str(shared_dir), "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "c"))
+    assert_clean_error(code, out, "No results under", "bench run")

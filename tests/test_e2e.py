@@ -258,3 +258,111 @@ def test_arena_hard_eval_plays_two_games_per_question(workspace):
     assert len(line["games"]) == 2 and all(g["judgment"] for g in line["games"])
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "(0 judge calls)" in again.output
+
+
+def eval_args(workspace, *extra: str) -> list[str]:
+    root = workspace["root"]
+    return ["eval", "--run", "tiny-seed0", "--data-dir",
+            str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
+            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"),
+            "--leaderboard-dir", str(root / "lb"), *extra]
+
+
+def test_alpaca_eval_with_constrained_local_verdicts(workspace):
+    """AlpacaEval 2 on the teacher row: the local judge's log-probs of `m` and `M` give each preference through
+    the upstream switch rule; the leaderboard gets a labelled column; a second call is served from the caches."""
+    from harness.benchmarks.alpaca_eval import preference_from_top_logprobs
+
+    args = eval_args(workspace, "--benchmarks", "alpaca_eval", "--judge", "local:teacher", "--verdict",
+                     "constrained", "--rows", "teacher", "--limit", "2", "--max-new-tokens", "4")
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    folder = workspace["root"] / "results/smollm2-135m/tiny-seed0/teacher/benchmarks"
+    result = json.loads((folder / "alpaca_eval.json").read_text())
+    assert result["verdict"] == "constrained" and result["judge_decoding"]["choices"] == ["m", "M"]
+    lines = [json.loads(x) for x in (folder / "alpaca_eval_judgments.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and len({x["dataset"] for x in lines}) == 2  # stratified: two source data sets
+    for x in lines:
+        assert [t for t, _ in x["top_logprobs"]] == ["m", "M"]
+        assert x["preference"] == pytest.approx(preference_from_top_logprobs(x["top_logprobs"], x["switched"]))
+    prefs = [x["preference"] for x in lines]
+    assert result["metrics"]["win_rate"] == pytest.approx(100 * sum(p - 1 for p in prefs) / 2)
+    assert result["metrics"]["n_total"] == 2 and result["metrics"]["lc_win_rate_minimal"] is None
+    board = (workspace["root"] / "lb" / "smollm2-135m.md").read_text()
+    assert "AlpacaEval 2 WR % [1] (n=2)" in board and "constrained verdicts" in board
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "(0 judge calls, 2 cached)" in again.output
+    assert "AlpacaEval answers" not in again.output
+
+
+def test_arena_hard_with_constrained_verdicts_always_has_battles(workspace):
+    args = eval_args(workspace, "--benchmarks", "arena_hard", "--judge", "local:teacher", "--verdict",
+                     "constrained", "--rows", "teacher", "--limit", "1", "--max-new-tokens", "4")
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    result = json.loads((workspace["root"] / "results/smollm2-135m/tiny-seed0/teacher/benchmarks/arena_hard.json")
+                        .read_text())
+    m = result["metrics"]
+    assert m["n_unparsed_games"] == 0 and m["n_battles"] >= 2 and result["judge_calls"] == 2
+    assert m["score"] is not None and m["ci95"][0] <= m["score"] <= m["ci95"][1]
+
+
+def test_rm_winrate_with_a_real_reward_model(workspace, tmp_path):
+    """A real sequence-classification reward model (SmolLM2's first two layers and a seeded score head, saved
+    as safetensors) scores the sft and kd answers against the teacher's; the win rate follows from the rewards
+    it recorded, and a second call scores nothing anew."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.models import drop_decoder_layers, materialise
+    from harness.registry import PAIRS
+
+    folder = materialise(PAIRS.get("smollm2-135m").teacher)
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
+    drop_decoder_layers(rm, 2, rm.config.num_hidden_layers).save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "rm")
+    args = eval_args(workspace, "--benchmarks", "rm_winrate", "--reward-model", str(tmp_path / "rm"), "--rows",
+                     "teacher,sft,kd")
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    run_dir = workspace["root"] / "results/smollm2-135m/tiny-seed0"
+    assert not (run_dir / "teacher/benchmarks/rm_winrate.json").exists()  # the reference is not scored against itself
+    for row in ("sft", "kd"):
+        result = json.loads((run_dir / row / "benchmarks/rm_winrate.json").read_text())
+        per = [json.loads(x) for x in (run_dir / row / "benchmarks/rm_winrate_judgments.jsonl").read_text().splitlines()]
+        wins = [1.0 if p["reward"] > p["reward_ref"] else 0.5 if p["reward"] == p["reward_ref"] else 0.0 for p in per]
+        assert result["metrics"]["n"] == len(per) == 2
+        assert result["metrics"]["win_rate"] == pytest.approx(100 * sum(wins) / len(wins))
+        assert result["reference"] == "teacher" and result["reward_model"]["kind"] == "reward_model"
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads((run_dir / "kd/benchmarks/rm_winrate.json").read_text())["reward_calls"] == 0
+
+
+def test_an_lm_eval_task_scores_checkpoints_and_reaches_the_leaderboard(workspace, tmp_path, shared_dir):
+    """A local lm-eval YAML task (chosen vs rejected as a two-way choice on shared UltraFeedback rows) run on the
+    teacher and a trained row through `bench eval`: one result per row with the seeded documents, a column on
+    the leaderboard."""
+    import yaml
+
+    from tests.harness.benchmarks.test_lm_eval_tasks import mc_rows, mc_task
+
+    source = [json.loads(line) for line in
+              (shared_dir / "data/ultrafeedback_binarized_1k/test.jsonl").read_text().splitlines()]
+    (tmp_path / "pref.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc_rows(source, 10, 60)))
+    (tmp_path / "bench_e2e_pref.yaml").write_text(yaml.safe_dump(mc_task("bench_e2e_pref",
+                                                                         str(tmp_path / "pref.jsonl"))))
+    args = eval_args(workspace, "--benchmarks", "lm_eval:bench_e2e_pref", "--lm-eval-include", str(tmp_path),
+                     "--rows", "teacher,dckd", "--limit", "4")
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    run_dir = workspace["root"] / "results/smollm2-135m/tiny-seed0"
+    results = [json.loads((run_dir / row / "benchmarks/lm_eval_bench_e2e_pref.json").read_text())
+               for row in ("teacher", "dckd")]
+    for r in results:
+        acc = r["tasks"]["bench_e2e_pref"]["acc"]
+        assert acc["n"] == 4 and acc["value"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert len(r["question_ids"]) == 4 and r["limit"] == 4
+    assert results[0]["question_ids"] == results[1]["question_ids"]
+    assert "bench_e2e_pref acc [" in (workspace["root"] / "lb" / "smollm2-135m.md").read_text()

@@ -43,6 +43,10 @@ ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 JUDGE_DECODING = {"model": "gpt-4-1106-preview", "max_tokens": 1, "temperature": 1.0, "logprobs": True,
                   "top_logprobs": 5}
 DRAW = 1.5  # preference of identical outputs; 1 = reference wins, 2 = evaluated model wins
+# Answer length: upstream's model configs mostly ask for 2048 new tokens (CPU runs pass --max-new-tokens).
+ANSWER_MAX_NEW_TOKENS = 2048
+# The minimal LC fit cross-validates over 5 folds of instructions; below this it is not attempted.
+LC_MIN_ROWS = 10
 
 TopLogprobs = list[tuple[str, float]]
 log = logging.getLogger(__name__)
@@ -51,13 +55,15 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- data
 
 
-def load_eval_set(root) -> list[dict]:
-    """The 805 ``{dataset, instruction, output, generator}`` rows with the reference outputs, in official order.
-
-    ``root`` is the AlpacaEval folder itself or a data folder holding ``benchmarks/alpaca_eval``.
-    """
-    path = find_file(root, SUBDIR, EVAL_SET_FILE, "AlpacaEval eval set",
+def eval_set_path(root) -> Path:
+    """``root`` is the AlpacaEval folder itself or a data folder holding ``benchmarks/alpaca_eval``."""
+    return find_file(root, SUBDIR, EVAL_SET_FILE, "AlpacaEval eval set",
                      ", or put a copy of tatsu-lab/alpaca_eval results/gpt4_1106_preview/model_outputs.json there")
+
+
+def load_eval_set(root) -> list[dict]:
+    """The 805 ``{dataset, instruction, output, generator}`` rows with the reference outputs, in official order."""
+    path = eval_set_path(root)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

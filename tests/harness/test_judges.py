@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from harness.errors import BenchError
 from harness.judges import Decoding, JudgmentCache, OpenAIJudge, fold_system, judge_all
 
 SECRET = "sk-test-do-not-store-3141592653"
@@ -224,3 +225,40 @@ def test_local_judge_logprobs_and_text_are_the_models_own(smollm2_judge):
     assert [v for _, v in out.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
     assert out.text == tok.decode(greedy, skip_special_tokens=True).strip()
     assert out.error is None and smollm2_judge.identity()["kind"] == "transformers"
+
+
+def test_constrained_verdict_scores_each_choice_like_a_full_forward(smollm2_judge):
+    """Each choice's log-probability (prompt run once, its cache shared) equals a separate forward of the prompt,
+    the prefix and that choice; the reply is the prefix plus the best choice, which upstream parsers read."""
+    import torch
+
+    messages = [{"role": "system", "content": "Rate the answer."},
+                {"role": "user", "content": "Q: 2+2? A: 4. Give a rating from 1 to 10."}]
+    choices = tuple(f" [[{k}]]" for k in range(1, 11))
+    out = smollm2_judge.judge(messages, Decoding(prefix="Rating:", choices=choices))
+    model, tok = smollm2_judge.load()
+    context = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "Rating:",
+                  add_special_tokens=False)["input_ids"]
+    expected = []
+    for c in choices:
+        option = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([context + option])).logits[0].double(), -1)
+        expected.append(sum(float(logp[len(context) - 1 + j, t]) for j, t in enumerate(option)))
+    assert [c for c, _ in out.top_logprobs] == list(choices)
+    assert [v for _, v in out.top_logprobs] == pytest.approx(expected, abs=2e-3)
+    best = max(range(10), key=expected.__getitem__)
+    assert out.text == "Rating:" + choices[best]
+    from harness.benchmarks.mt_bench import parse_rating
+
+    assert parse_rating(out.text) == best + 1
+
+
+def test_constrained_decoding_keys_differ_and_free_keys_are_unchanged():
+    judge = OpenAIJudge("m", base_url="http://127.0.0.1:9/v1")
+    free = Decoding(temperature=0.0, max_tokens=8)
+    assert free.to_dict() == {"temperature": 0.0, "max_tokens": 8, "top_logprobs": 0}
+    constrained = Decoding(temperature=0.0, max_tokens=8, prefix="R:", choices=("1", "2"))
+    assert JudgmentCache.key(judge, MESSAGES, free) != JudgmentCache.key(judge, MESSAGES, constrained)
+    with pytest.raises(BenchError, match="local judge"):
+        judge.judge(MESSAGES, constrained)

