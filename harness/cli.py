@@ -52,6 +52,8 @@ def _eval_options(command):
                           "or openai:<model> (key from OPENAI_API_KEY)."),
         click.option("--judge-base-url", default=None,
                      help="OpenAI-compatible server URL (vLLM, transformers serve, llama.cpp); default api.openai.com."),
+        click.option("--judge-concurrency", type=int, default=4, show_default=True,
+                     help="Requests in flight to an OpenAI-compatible judge (retries back off on 429)."),
         click.option("--verdict", type=click.Choice(["free", "constrained"]), default="free", show_default=True,
                      help="free: the judge writes its verdict (the protocol). constrained (local judges): its most "
                           "likely verdict among the benchmark's own; labelled so on the leaderboard."),
@@ -76,14 +78,18 @@ def _eval_options(command):
     return command
 
 
+def _leaderboards_beside(results_dir, leaderboard_dir) -> Path:
+    """Leaderboards sit beside the results they are built from, so a scratch --results-dir never overwrites the
+    project's leaderboards/."""
+    return Path(leaderboard_dir) if leaderboard_dir else Path(results_dir).parent / "leaderboards"
+
+
 def _eval_opts(results_dir, cache_dir, data_dir, pair, run_name, rows, seed, kw) -> object:
     from harness.cache import default_cache_dir
     from harness.evalrun import EvalOptions
 
-    if data_dir is None:
-        raise BenchError("Pass --data-dir (or BENCH_DATA_DIR): the folder holding benchmarks/, e.g. ../shared.")
     return EvalOptions(results_dir=Path(results_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                       data_dir=Path(data_dir), pair=pair, run=run_name, rows=rows, seed=seed, **kw)
+                       data_dir=Path(data_dir) if data_dir else None, pair=pair, run=run_name, rows=rows, seed=seed, **kw)
 
 
 @click.group(cls=BenchGroup)
@@ -108,7 +114,8 @@ def main():
 @click.option("--dataset", default=None, help="Data set hub id or local file/folder (default: the pair's).")
 @click.option("--run-name", default=None, help="Results sub-folder (default: <budget>-seed<seed>).")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
-@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default=None, type=click.Path(path_type=Path),
+              help="Where leaderboards go (default: leaderboards/ beside the results folder).")
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path),
               help="Stage cache (env BENCH_CACHE_DIR; default ~/.cache/bench).")
 @click.option("--benchmarks", default=None,
@@ -118,6 +125,7 @@ def main():
 def run(methods, pair, teacher, student, budget_name, budget_set, method_set, seed, data_dir, dataset, run_name,
         results_dir, leaderboard_dir, cache_dir, benchmarks, **eval_kw):
     """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
+    leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
     from harness.budgets import get_budget
     from harness.cache import default_cache_dir
     from harness.data import data_dir_from_env
@@ -146,7 +154,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         methods=[m.strip() for m in methods.split(",") if m.strip()], pair=the_pair, budget=budget,
         results_dir=results_dir, cache_dir=cache_dir or default_cache_dir(), data_dir=data_dir_from_env(data_dir),
         dataset=dataset, run_name=run_name, method_options=method_options,
-        command="bench " + shlex.join(sys.argv[1:]),
+        command="bench " + shlex.join(sys.argv[1:]), keep_weights=bool(benchmarks),
     )
     bench_names, eval_opts = [], None
     if benchmarks:  # checked before any training, so a typo costs nothing
@@ -155,8 +163,9 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         if teacher:
             raise BenchError("--benchmarks scores a registered pair's run; for an ad-hoc pair run `bench eval` later.")
         bench_names = parse_benchmarks(benchmarks)
-        eval_opts = _eval_opts(results_dir, cache_dir, opts.data_dir, the_pair.name, opts.name, None, opts.seed,
-                               eval_kw)
+        # The rows this command trained, and the reference rows; other rows of the run may have no weights.
+        eval_opts = _eval_opts(results_dir, cache_dir, opts.data_dir, the_pair.name, opts.name,
+                               ["teacher", "student-init", *opts.methods], opts.seed, eval_kw)
         check_benchmarks(eval_opts, bench_names)
     run_dir = run_pipeline(opts)
     for name, path in run_benchmarks(eval_opts, bench_names) if bench_names else ():
@@ -213,9 +222,11 @@ def budgets():
 
 @main.command()
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
-@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default=None, type=click.Path(path_type=Path),
+              help="Where leaderboards go (default: leaderboards/ beside the results folder).")
 def leaderboard(results_dir, leaderboard_dir):
     """Regenerate leaderboards/ from results/ alone (no training, generation or judging)."""
+    leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
     from harness.leaderboard import regenerate
     from harness.pipeline import check_writable
 
@@ -255,12 +266,15 @@ def compare(row_a, row_b, pair, run_name, results_dir):
 @click.option("--rows", default=None, help="Comma-separated rows to score (default: every row of the run).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
-              help="Folder holding benchmarks/ (e.g. ../shared); also BENCH_DATA_DIR.")
+              help="Folder holding benchmarks/ (e.g. ../shared); also BENCH_DATA_DIR. Unset: the benchmark files "
+                   "are downloaded from upstream into the cache.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
-@click.option("--leaderboard-dir", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+@click.option("--leaderboard-dir", default=None, type=click.Path(path_type=Path),
+              help="Where leaderboards go (default: leaderboards/ beside the results folder).")
 @click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path))
 def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, leaderboard_dir, cache_dir, **kw):
     """Score the rows of a finished run on benchmarks; answers and judgments are cached."""
+    leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
     from harness.evalrun import parse_benchmarks, run_benchmarks
     from harness.leaderboard import regenerate
 

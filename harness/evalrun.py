@@ -41,11 +41,12 @@ ALPACA_EVAL_CHOICES = ("", ("m", "M"))  # the weighted annotator's two verdict t
 class EvalOptions:
     results_dir: Path
     cache_dir: Path
-    data_dir: Path
+    data_dir: Path | None  # None: the benchmark files are downloaded from upstream into the cache
     pair: str
     run: str
     judge: str | None = None  # "local:teacher", "local:<model id, folder or .gguf>", or "openai:<model>"
     judge_base_url: str | None = None
+    judge_concurrency: int = 4  # requests in flight to an OpenAI-compatible judge
     limit: int | None = None
     max_new_tokens: int | None = None  # answer length; None: the benchmark's (MT-Bench 1024, Arena-Hard 4096)
     judge_max_tokens: int | None = None  # judge length; None: the benchmark's (MT-Bench 2048, Arena-Hard 4096)
@@ -61,6 +62,8 @@ class EvalOptions:
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise BenchError(f"--verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}.")
+        if self.judge_concurrency < 1:
+            raise BenchError(f"--judge-concurrency must be at least 1, not {self.judge_concurrency}.")
         if self.limit is not None and self.limit < 1:
             raise BenchError(f"--limit must be a positive number of questions, not {self.limit}.")
 
@@ -107,7 +110,7 @@ def make_judge(opts: EvalOptions, pair) -> Judge:
         if opts.verdict == "constrained":
             raise BenchError("--verdict constrained needs a local judge (local:...): chat-completion servers do not "
                              "score whole verdict strings. Use --verdict free with an OpenAI-compatible judge.")
-        return OpenAIJudge(name, base_url=opts.judge_base_url)
+        return OpenAIJudge(name, base_url=opts.judge_base_url, concurrency=opts.judge_concurrency)
     if kind == "local" and name:
         from harness.models import ModelSpec
 
@@ -208,6 +211,14 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
 
 
+def data_root(opts: EvalOptions, benchmark: str) -> Path:
+    """The folder to read a benchmark's files from: --data-dir as given, else upstream's files downloaded once
+    into the cache."""
+    from harness.benchmarks.download import ensure_benchmark_files
+
+    return ensure_benchmark_files(benchmark, opts.data_dir, opts.cache_dir)
+
+
 def result_header(opts: EvalOptions, benchmark: str, row: str, judge: Judge, decoding: Decoding,
                   official_models: tuple, question_ids: list, answers_key: str, t0: float) -> dict:
     """What every benchmark result records besides its metrics: who judged, how, on which questions."""
@@ -264,7 +275,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
     from harness.benchmarks import mt_bench
     from harness.pipeline import say
 
-    root = opts.data_dir
+    root = data_root(opts, "mt_bench")
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or mt_bench.ANSWER_MAX_NEW_TOKENS,
                                judge_max_tokens=opts.judge_max_tokens or mt_bench.JUDGE_MAX_TOKENS)
     questions = stratified_subset(mt_bench.load_questions(root), "category", opts.limit, opts.seed)
@@ -291,6 +302,8 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
         rows = [{**m, "score": mt_bench.parse_rating(r.text) if r.error is None else mt_bench.FAILED,
                  "judgment": r.text, "error": r.error} for m, r in zip(meta, results)]
         metrics = mt_bench.aggregate(rows)
+        if decoding.choices:
+            metrics.update(expected_rating(rows, results))
         result = {
             **result_header(opts, "mt_bench", row, judge, decoding, OFFICIAL_JUDGES["mt_bench"], ids, key, t0),
             "metrics": metrics, "n_questions": len(questions), "reference_answers_sha256": ref_hash,
@@ -304,6 +317,26 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
             f"{metrics['n_failed']} unparsed ({counts['called']} judge calls, {counts['cached']} cached)")
         written.append(path)
     return written
+
+
+def expected_rating(rows: list[dict], results: list) -> dict:
+    """With constrained verdicts: each judgment's probability-weighted rating over the ten choices (renormalised),
+    read from the log-probs the judge already returned. A small judge's most likely rating barely moves (the
+    argmax is often the same number for every answer); this graded reading of the same judgments still does.
+    Reported beside the protocol's score, never instead of it."""
+    values = []
+    for row, r in zip(rows, results):
+        if r.error is not None or not r.top_logprobs:
+            row["expected_score"] = None
+            continue
+        top = max(v for _, v in r.top_logprobs)
+        weights = [math.exp(v - top) for _, v in r.top_logprobs]
+        row["expected_score"] = sum(w * (k + 1) for k, w in enumerate(weights)) / sum(weights)
+        values.append(row["expected_score"])
+    n = len(values)
+    mean = sum(values) / n if n else None
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n >= 2 else None
+    return {"expected_score": mean, "expected_score_se": se, "expected_score_n": n}
 
 
 # ---------------------------------------------------------------- Arena-Hard v0.1
@@ -320,7 +353,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     from harness.judges import cached_judge
     from harness.pipeline import say
 
-    root = opts.data_dir
+    root = data_root(opts, "arena_hard")
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or arena_hard.ANSWER_MAX_TOKENS)
     config = arena_hard.load_judge_config(root)
     questions = stratified_subset(arena_hard.load_questions(root), "cluster", opts.limit, opts.seed)
@@ -386,11 +419,13 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
     preference from the judge's first-token log-probs of ``m`` and ``M``, upstream's win rate and standard error,
     and the ``length_controlled_minimal`` GLM (never presented as the official LC, which needs hub files)."""
     from harness.benchmarks import alpaca_eval
+    from harness.benchmarks.download import fetch_alpaca_eval_lc_files
     from harness.generation import generate
     from harness.pipeline import say
 
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or alpaca_eval.ANSWER_MAX_NEW_TOKENS)
-    eval_set = [{**r, "index": i} for i, r in enumerate(alpaca_eval.load_eval_set(opts.data_dir))]
+    root = data_root(opts, "alpaca_eval")
+    eval_set = [{**r, "index": i} for i, r in enumerate(alpaca_eval.load_eval_set(root))]
     subset = stratified_subset(eval_set, "dataset", opts.limit, opts.seed)
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
@@ -402,6 +437,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
         decoding = Decoding(temperature=official["temperature"], max_tokens=official["max_tokens"],
                             top_logprobs=official["top_logprobs"])
     cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    lc_files = fetch_alpaca_eval_lc_files(opts.cache_dir, opts.data_dir)
     written = []
     for row, record in records.items():
         t0 = time.perf_counter()
@@ -412,7 +448,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
                                                                   for r in subset], opts.max_new_tokens,
                                                         desc="AlpacaEval answers")])
         outputs = [{"instruction": r["instruction"], "output": a, "generator": row} for r, a in zip(subset, answers)]
-        plan = alpaca_eval.judge_plan(subset, outputs)
+        plan = [{**p, "index": r["index"]} for p, r in zip(alpaca_eval.judge_plan(subset, outputs), subset)]
         to_judge = [p["messages"] for p in plan if p["messages"] is not None]
         judged, counts = judge_all(judge, to_judge, decoding, cache, desc=f"judge AlpacaEval {row}")
         judged = iter(judged)
@@ -431,6 +467,8 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
                                 else [list(t) for t in j.top_logprobs]})
         metrics = alpaca_eval.summarize([a["preference"] for a in annotations], outputs)
         scored = [a for a in annotations if a["preference"] is not None and not math.isnan(a["preference"])]
+        if lc_files and scored:  # the official LC, when its two hub files could be had
+            metrics.update(alpaca_eval.length_controlled_official(scored, lc_files))
         if len(scored) >= alpaca_eval.LC_MIN_ROWS:
             metrics.update(alpaca_eval.length_controlled_minimal(scored))
         else:
@@ -440,7 +478,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
         result = {**result_header(opts, "alpaca_eval_2", row, judge, decoding, (official["model"],), ids, key, t0),
                   "metrics": metrics, "annotator": alpaca_eval.ANNOTATOR,
                   "reference_generator": alpaca_eval.REFERENCE_GENERATOR, "judge_calls": counts,
-                  "eval_set_sha256": file_fingerprint(alpaca_eval.eval_set_path(opts.data_dir))}
+                  "eval_set_sha256": file_fingerprint(alpaca_eval.eval_set_path(root))}
         written.append(write_result(opts, row, "alpaca_eval", result, annotations))
         say(f"AlpacaEval 2 {row}: win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} on "
             f"{metrics['n_total']} rows, {metrics['n_missing']} missing ({counts['called']} judge calls, "

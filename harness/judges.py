@@ -125,7 +125,10 @@ class OpenAIJudge(Judge):
             top = None
             if decoding.top_logprobs:
                 content = choice.logprobs.content if choice.logprobs is not None else None
-                top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs] if content else None
+                if not content:  # e.g. transformers serve ignores the field: an error, so it is not cached
+                    return Judgment("", None, "the server returned no logprobs (it may not support them); use a "
+                                              "server that does (vLLM, OpenAI) or a local judge")
+                top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs]
         except (AttributeError, IndexError, TypeError) as e:
             return Judgment("", None, f"malformed response: {e}")
         return Judgment(text, top)

@@ -52,11 +52,18 @@ def benchmark_cells(result: dict) -> list[dict]:
     """A result's leaderboard cells: ``{metric, label, value, se, ci, n}``; the interval is ± se or a 95% interval."""
     m, name = result["metrics"], result["benchmark"]
     if name == "mt_bench":
-        return [{"metric": "score", "label": "MT-Bench (1-10)", "value": m.get("score"), "se": m.get("se"),
-                 "ci": None, "n": m.get("n")}]
+        cells = [{"metric": "score", "label": "MT-Bench (1-10)", "value": m.get("score"), "se": m.get("se"),
+                  "ci": None, "n": m.get("n")}]
+        if m.get("expected_score") is not None:  # constrained verdicts only
+            cells.append({"metric": "expected_score", "label": "MT-Bench E[rating]", "value": m["expected_score"],
+                          "se": m.get("expected_score_se"), "ci": None, "n": m.get("expected_score_n")})
+        return cells
     if name == "alpaca_eval_2":
+        official_lc = [{"metric": "lc_win_rate", "label": "AlpacaEval 2 LC %", "value": m.get("lc_win_rate"),
+                        "se": m.get("lc_standard_error"), "ci": None, "n": m.get("n_total")}]
         return [{"metric": "win_rate", "label": "AlpacaEval 2 WR %", "value": m.get("win_rate"),
                  "se": m.get("standard_error"), "ci": None, "n": m.get("n_total")},
+                *(official_lc if m.get("lc_win_rate") is not None else []),
                 {"metric": "lc_win_rate_minimal", "label": "AlpacaEval 2 LC-minimal %",
                  "value": m.get("lc_win_rate_minimal"), "se": None, "ci": None, "n": m.get("n_total")}]
     if name == "arena_hard_v0.1":
@@ -250,8 +257,9 @@ def markdown(pair: str, df: pd.DataFrame, description: str = "", records: list[d
         budget, seed = part["budget"].iloc[0], part["seed"].iloc[0]
         lines += [f"## Run `{run}` (budget `{budget}`, seed {seed})", ""]
         methods = sorted(part.loc[part["kind"] == "method", "row"])
-        lines += [f"Reproduce: `bench run --methods {','.join(methods)} --pair {pair} --budget {budget} "
-                  f"--seed {seed} --data-dir ../shared`", ""]
+        if methods:
+            lines += [f"Reproduce: `bench run --methods {','.join(methods)} --pair {pair} --budget {budget} "
+                      f"--seed {seed} --data-dir ../shared`", ""]
         best = {}
         trained = part[part["kind"] == "method"]
         for name, _, higher in METRICS:

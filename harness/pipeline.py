@@ -71,6 +71,7 @@ class RunOptions:
     run_name: str | None = None
     method_options: dict[str, dict] = field(default_factory=dict)
     command: str = ""
+    keep_weights: bool = False  # save every method's weights, whatever the budget says (benchmarks follow)
 
     @property
     def seed(self) -> int:
@@ -506,7 +507,7 @@ class Run:
 
     def run_method(self, name: str, method) -> dict:
         key = self.train_key(name, method)
-        stage = self.train_stage(name, method, checkpoint=name in self.dependents,
+        stage = self.train_stage(name, method, checkpoint=name in self.dependents or self.opts.keep_weights,
                                  need_model=not self.cache.has("eval", self.eval_key(key)))
         trained = {"model": stage["model"]} if stage["model"] is not None else {}
 

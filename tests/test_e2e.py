@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
+from tests.harness.benchmarks.test_download import server  # noqa: F401 (a fixture: a loopback mirror of upstream)
 
 pytestmark = pytest.mark.slow
 METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "adpa", "adpa_plus",
@@ -366,3 +367,34 @@ def test_an_lm_eval_task_scores_checkpoints_and_reaches_the_leaderboard(workspac
         assert len(r["question_ids"]) == 4 and r["limit"] == 4
     assert results[0]["question_ids"] == results[1]["question_ids"]
     assert "bench_e2e_pref acc [" in (workspace["root"] / "lb" / "smollm2-135m.md").read_text()
+
+
+def test_without_data_dir_the_benchmark_files_come_from_upstream(workspace, server):  # noqa: F811
+    """No --data-dir: MT-Bench's files are downloaded (here from a loopback mirror of the upstream URLs) into
+    the cache, then the benchmark runs on them."""
+    root = workspace["root"]
+    cache = root / "cache-download"
+    args = ["eval", "--benchmarks", "mt_bench", "--judge", "local:teacher", "--verdict", "constrained", "--run",
+            "tiny-seed0", "--rows", "teacher", "--limit", "1", "--max-new-tokens", "4",
+            "--results-dir", str(root / "results"), "--cache-dir", str(cache), "--leaderboard-dir", str(root / "lb")]
+    out = CliRunner().invoke(main, args, env={"BENCH_DATA_DIR": ""})
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    assert (cache / "data/benchmarks/mt_bench/question.jsonl").exists()
+    assert any("question.jsonl" in path for path in server.requests)
+    result = json.loads((root / "results/smollm2-135m/tiny-seed0/teacher/benchmarks/mt_bench.json").read_text())
+    assert result["metrics"]["n"] == 2 and result["metrics"]["n_failed"] == 0  # constrained: every rating parses
+
+
+def test_bench_run_scores_benchmarks_in_the_same_command(workspace):
+    """`bench run --benchmarks`: the (cached) training, then MT-Bench on every row of the run, one command."""
+    args = [a for a in workspace["args"]]
+    args[args.index("--methods") + 1] = "sft,kd"
+    args += ["--benchmarks", "mt_bench", "--judge", "local:teacher", "--verdict", "constrained", "--limit", "1",
+             "--max-new-tokens", "4"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    run_dir = workspace["root"] / "results/smollm2-135m/tiny-seed0"
+    rows = {p.parent.parent.name for p in run_dir.glob("*/benchmarks/mt_bench.json")}
+    assert {"teacher", "student-init", "sft", "kd"} <= rows and "rkl" not in rows  # what it trained, the references
+    board = (workspace["root"] / "leaderboards" / "smollm2-135m.md").read_text()
+    assert "### Benchmarks" in board and "MT-Bench (1-10)" in board

@@ -16,6 +16,8 @@ Where this follows upstream (``alpaca-eval==0.6.6``, which must be installed):
   ``avg_length`` is ``main.py``'s ``int(mean character length)``.
 - ``length_controlled_minimal`` fits upstream's ``length_controlled_minimal`` GLM with upstream's own fitting code.
   It is **not** the official LC win rate, which needs hub files this project does not have (see its docstring).
+- ``length_controlled_official`` runs upstream's official LC (``length_controlled_v1``) itself, given local copies
+  of the hub files (``harness.benchmarks.download.fetch_alpaca_eval_lc_files``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from unittest import mock
 
 from harness.benchmarks import find_file
 from harness.errors import BenchError
@@ -257,3 +260,57 @@ def length_controlled_minimal(annotations: list[dict]) -> dict:
     predicted = model.predict_proba(x_test)[:, 1]
     return {"lc_win_rate_minimal": float(predicted.mean() * 100), **label,
             "lc_minimal_weights": {c: float(w) for c, w in zip(x_test.columns, model.coef_[0])}}
+
+
+def length_controlled_official(annotations: list[dict], files: Mapping[str, Path]) -> dict:
+    """The official length-controlled win rate (upstream's ``length_controlled_v1``), computed by upstream itself.
+
+    This calls ``alpaca_eval.metrics.glm_winrate.get_length_controlled_winrate`` unmodified (features, the gamed
+    rows of ``df_gamed.csv`` with weight 0.2 / 2 to regularise toward the baseline, the soft-label L1
+    ``LogisticRegressionCV``, prediction at zero length difference). Upstream fetches ``df_gamed.csv`` inside that
+    function with ``huggingface_hub.hf_hub_download`` and takes no path, so for the duration of the call the
+    ``hf_hub_download`` name in upstream's module is replaced by a lookup in ``files`` (``{file name: path}``,
+    e.g. from ``download.fetch_alpaca_eval_lc_files``): same code, local data, no network. Weights are not saved
+    (``save_weights_dir=None``; upstream's default writes into the installed package); no baseline is passed, as
+    in upstream's leaderboard, so ``instruction_difficulty.csv`` (used only to predict against another baseline)
+    is not read; the per-instruction difficulty comes from ``df_gamed.csv``.
+
+    Upstream looks the difficulty up by the annotations' row position, so rows must be the 805 in eval-set order,
+    or carry their eval-set position in an ``index`` field (then passed to upstream as its row index). Rows with no
+    preference are kept, as upstream keeps them: left out of the fit, in the predicted mean.
+    """
+    import hashlib
+
+    import pandas as pd
+    import sklearn
+
+    glm = _upstream("alpaca_eval.metrics.glm_winrate")
+    paths = {name: Path(p) for name, p in files.items()}
+    gamed = paths.get("df_gamed.csv")
+    if gamed is None or not gamed.is_file():
+        raise BenchError(f"The official AlpacaEval LC needs df_gamed.csv (HF dataset tatsu-lab/alpaca_eval); got "
+                         f"{gamed or 'none'}. Without it only length_controlled_minimal can be computed.")
+    n_instructions = pd.read_csv(gamed, usecols=["index"])["index"].nunique()
+    df = pd.DataFrame(annotations)
+    df["preference"] = df["preference"].astype(float)
+    if "index" in df:
+        df = df.set_index("index")  # upstream's reset_index() turns it back into the "index" column it reads
+    elif len(df) != n_instructions:
+        raise BenchError(f"The official AlpacaEval LC looks instruction difficulty up by row position: it needs "
+                         f"all {n_instructions} annotations in eval-set order (or an 'index' field), not {len(df)}.")
+
+    def local_file(repo_id: str, filename: str, **_) -> str:
+        if repo_id != "tatsu-lab/alpaca_eval" or filename not in paths:
+            raise BenchError(f"Upstream's LC asked for {repo_id}/{filename}, which was not given.")
+        return str(paths[filename])
+
+    # config_context undoes the global metadata-routing switch upstream's fit sets; FutureWarnings are upstream's.
+    with mock.patch.object(glm, "hf_hub_download", local_file), sklearn.config_context(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        metrics = glm.get_length_controlled_winrate(df, glm_name="length_controlled_v1", save_weights_dir=None,
+                                                    is_add_glm_preference_inplace=False)
+    return {"lc_win_rate": float(metrics["length_controlled_winrate"]),
+            "lc_standard_error": float(metrics["lc_standard_error"]),
+            "lc_variant": "length_controlled_v1 (official)",
+            "lc_df_gamed_sha256": hashlib.sha256(gamed.read_bytes()).hexdigest()}

@@ -45,3 +45,29 @@ def test_judges_by_name(tmp_path):
     remote = make_judge(EvalOptions(tmp_path, tmp_path, tmp_path, "p", "r", judge="openai:gpt-4-0613",
                                     judge_base_url="http://127.0.0.1:9/v1"), pair)
     assert remote.identity() == {"kind": "openai", "model": "gpt-4-0613", "base_url": "http://127.0.0.1:9/v1"}
+
+
+def test_judge_concurrency_reaches_the_client_and_is_validated(tmp_path):
+    opts = EvalOptions(tmp_path, tmp_path, tmp_path, "p", "r", judge="openai:m", judge_base_url="http://127.0.0.1:9/v1",
+                       judge_concurrency=7)
+    assert make_judge(opts, PAIRS.get("smollm2-135m")).concurrency == 7
+    with pytest.raises(BenchError, match="--judge-concurrency must be at least 1"):
+        EvalOptions(tmp_path, tmp_path, tmp_path, "p", "r", judge="openai:m", judge_concurrency=0)
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("mt_bench, alpaca_eval,mt_bench", ["mt_bench", "alpaca_eval"]),
+    ("lm_eval:gsm8k,lm_eval:ifeval", ["lm_eval:gsm8k", "lm_eval:ifeval"]),
+])
+def test_benchmark_lists_are_parsed_once_each(text, names):
+    from harness.evalrun import parse_benchmarks
+
+    assert parse_benchmarks(text) == names
+
+
+@pytest.mark.parametrize("text", ["", "lm_eval:", "mtbench"])
+def test_bad_benchmark_lists(text):
+    from harness.evalrun import parse_benchmarks
+
+    with pytest.raises(BenchError, match="Unknown benchmark"):
+        parse_benchmarks(text)

@@ -65,6 +65,8 @@ def server():
                 payload, status = json.dumps(completion(request)).encode(), 200
             elif action == "garbage":
                 payload, status = json.dumps({"choices": []}).encode(), 200
+            elif action == "no-logprobs":  # what transformers serve does: the field is ignored
+                payload, status = json.dumps(completion({**request, "logprobs": False})).encode(), 200
             else:
                 payload, status = json.dumps({"error": {"message": action}}).encode(), int(action)
             self.send_response(status)
@@ -125,6 +127,19 @@ def test_timeout_is_retried_then_reported(server, monkeypatch):
     script.steps, script.seen = ["slow"] * 3, []
     out = make_judge(url, monkeypatch, timeout=0.5, max_retries=1).judge(MESSAGES, Decoding())
     assert out.error.startswith("connection") and len(script.seen) == 2
+
+
+def test_logprobs_asked_for_and_not_returned_is_an_error_so_it_is_never_cached(server, monkeypatch, tmp_path):
+    script, url = server
+    script.steps = ["no-logprobs", "ok"]
+    judge = make_judge(url, monkeypatch)
+    cache = JudgmentCache(tmp_path / "j.jsonl")
+    decoding = Decoding(temperature=1.0, max_tokens=1, top_logprobs=5)
+    results, counts = judge_all(judge, [MESSAGES], decoding, cache)
+    assert "returned no logprobs" in results[0].error and counts["failed"] == 1 and len(cache) == 0
+    results, counts = judge_all(judge, [MESSAGES], decoding, cache)  # tried again, and this time it works
+    assert results[0].top_logprobs == [("m", -0.25), ("M", -1.5)] and counts == {"cached": 0, "called": 1,
+                                                                                 "failed": 0}
 
 
 def test_a_malformed_reply_is_an_error_not_a_crash(server, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import random
@@ -232,3 +233,100 @@ def test_lc_minimal_is_labelled_and_sane(root):
     assert 15 < lc < wr and result["lc_minimal_weights"]["np.tanh(std_delta_len)"] < 0
     same_model = [{**a, "generator_2": a["generator_1"]} for a in annotations]
     assert ae.length_controlled_minimal(same_model)["lc_win_rate_minimal"] == 50.0
+
+
+# ---------------------------------------------------------------- official LC (upstream's length_controlled_v1)
+#
+# The real df_gamed.csv / instruction_difficulty.csv (HF dataset tatsu-lab/alpaca_eval) are not available offline,
+# so these tests run upstream's fit on made-up files with the columns upstream's code reads (glm_winrate.py:
+# df_gamed "model", "index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline";
+# instruction_difficulty.csv an index column and one value column). The column order of the real files is not
+# known. What is verified: upstream's code runs end to end on local files with no network, and its inputs matter.
+# What is not: the official LC numbers, which only the real files give (test_lc_official_with_real_hub_files,
+# skipped unless BENCH_ALPACA_LC_FILES names a folder holding them).
+
+
+def made_up_lc_files(folder, seed=0, shuffle_difficulty=False):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0, 1, 805)
+    rows = []
+    for model, shift in (("gpt4_1106_preview_concise", 0.8), ("gpt4_1106_preview_verbose", -0.8)):
+        delta = rng.normal(shift, 0.7, 805)
+        p = 1 / (1 + np.exp(0.7 * np.tanh(delta) - 0.5 * difficulty + rng.normal(0, 0.3, 805)))
+        rows += [{"model": model, "index": i, "preference": p[i], "std_delta_len": delta[i],
+                  "instruction_difficulty": difficulty[i], "not_gamed_baseline": False} for i in range(805)]
+    df = pd.DataFrame(rows)
+    if shuffle_difficulty:
+        df["instruction_difficulty"] = df["index"].map(dict(enumerate(rng.permutation(difficulty))))
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / "df_gamed.csv", index=False)
+    pd.Series(difficulty, name="instruction_difficulty").rename_axis("index").to_csv(folder / "instruction_difficulty.csv")
+    return {name: folder / name for name in ("df_gamed.csv", "instruction_difficulty.csv")}
+
+
+@pytest.fixture(scope="module")
+def lc_files(tmp_path_factory):
+    return made_up_lc_files(tmp_path_factory.mktemp("lc"))
+
+
+@pytest.fixture(scope="module")
+def gemma_official(root, lc_files):
+    return ae.length_controlled_official(read(root, "gemma-2b-it", "annotations"), lc_files)
+
+
+def test_lc_official_runs_upstream_fit_on_local_files(root, lc_files, gemma_official):
+    import sklearn
+
+    annotations = read(root, "gemma-2b-it", "annotations")
+    result, minimal = gemma_official, ae.length_controlled_minimal(annotations)
+    assert result["lc_variant"] == "length_controlled_v1 (official)" and "lc_win_rate_minimal" not in result
+    assert 0 < result["lc_win_rate"] < 100 and 0 < result["lc_standard_error"] < 5
+    assert abs(result["lc_win_rate"] - minimal["lc_win_rate_minimal"]) > 0.1  # per-instruction term and gamed rows
+    assert result["lc_df_gamed_sha256"] == hashlib.sha256(lc_files["df_gamed.csv"].read_bytes()).hexdigest()
+    assert sklearn.get_config()["enable_metadata_routing"] is False  # upstream's global switch was undone
+    published = float(leaderboard_row(root, "gemma-2b-it")["length_controlled_winrate"])
+    print(f"made-up files: LC {result['lc_win_rate']:.4f} (meaningless); minimal {minimal['lc_win_rate_minimal']:.4f}; "
+          f"published official LC {published:.4f} needs the real hub files")
+
+
+def test_lc_official_uses_difficulty_by_eval_set_position(root, tmp_path, lc_files, gemma_official):
+    annotations = read(root, "gemma-2b-it", "annotations")
+    indexed = [{**a, "index": i} for i, a in enumerate(annotations)]
+    assert ae.length_controlled_official(indexed, lc_files)["lc_win_rate"] == gemma_official["lc_win_rate"]
+    shuffled = made_up_lc_files(tmp_path, shuffle_difficulty=True)
+    assert ae.length_controlled_official(annotations, shuffled)["lc_win_rate"] != gemma_official["lc_win_rate"]
+    with pytest.raises(BenchError, match="805 annotations in eval-set order"):
+        ae.length_controlled_official(annotations[:100], lc_files)
+
+
+def test_lc_official_baseline_and_missing_file(root, lc_files, tmp_path):
+    annotations = read(root, "gemma-2b-it", "annotations")
+    same_model = [{**a, "generator_2": a["generator_1"]} for a in annotations]
+    assert ae.length_controlled_official(same_model, lc_files)["lc_win_rate"] == 50.0
+    with pytest.raises(BenchError, match="needs df_gamed.csv"):
+        ae.length_controlled_official(annotations, {"instruction_difficulty.csv": lc_files["instruction_difficulty.csv"]})
+    with pytest.raises(BenchError, match="needs df_gamed.csv"):
+        ae.length_controlled_official(annotations, {"df_gamed.csv": tmp_path / "absent.csv"})
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_lc_official_with_real_hub_files(root, model):
+    """Only with the real hub files (BENCH_ALPACA_LC_FILES=<folder>, digests checked): the published LC."""
+    import os
+    from pathlib import Path
+
+    from harness.benchmarks import download
+
+    folder = os.environ.get("BENCH_ALPACA_LC_FILES")
+    if not folder:
+        pytest.skip("BENCH_ALPACA_LC_FILES is not set: the real df_gamed.csv is not available offline")
+    files = {name: Path(folder) / name for name in download.LC_FILES}
+    for name, digest in download.LC_FILES.items():
+        assert hashlib.sha256(files[name].read_bytes()).hexdigest() == digest, f"{name} is not the pinned file"
+    got = ae.length_controlled_official(read(root, model, "annotations"), files)["lc_win_rate"]
+    published = float(leaderboard_row(root, model)["length_controlled_winrate"])
+    print(f"{model}: official LC {got:.4f}, published {published:.4f}")
+    assert got == pytest.approx(published, abs=0.05)
