@@ -50,7 +50,7 @@ QUESTIONS = {"mt_bench": 80, "alpaca_eval_2": 805, "arena_hard_v0.1": 500}  # th
 
 def benchmark_cells(result: dict) -> list[dict]:
     """A result's leaderboard cells: ``{metric, label, value, se, ci, n}``; the interval is ± se or a 95% interval."""
-    m, name = result["metrics"], result["benchmark"]
+    m, name = result.get("metrics") or {}, result["benchmark"]
     if name == "mt_bench":
         cells = [{"metric": "score", "label": "MT-Bench (1-10)", "value": m.get("score"), "se": m.get("se"),
                   "ci": None, "n": m.get("n")}]
@@ -212,7 +212,8 @@ def benchmark_table(part: pd.DataFrame, records: list[dict]) -> list[str]:
         out = [f"*{r['row']}*" if r["kind"] == "reference" else r["row"]]
         for col, cell in zip(columns, row_cells):
             text = _interval(cell) if cell else "–"
-            if cell and r["kind"] == "method" and cell.get("value") == best.get(col["key"]):
+            if cell and r["kind"] == "method" and cell.get("value") is not None \
+                    and cell.get("value") == best.get(col["key"]):
                 text = f"**{text}**"
             out.append(text)
         lines.append("| " + " | ".join(out) + " |")

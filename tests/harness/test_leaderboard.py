@@ -241,3 +241,17 @@ def test_benchmark_columns_regenerate_to_identical_bytes(tmp_path):
     second = {p.name: p.read_bytes() for p in regenerate(results, tmp_path / "lb")}
     assert first == second and f"{PAIR}_benchmarks.csv" in first
     assert b"length_controlled_minimal GLM, not the official LC" in first[f"{PAIR}.md"]
+
+
+def test_an_lm_eval_result_has_a_column_per_task_metric(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, RECORDS)
+    res = {"benchmark": "lm_eval", "row": "kd", "judge": None, "task": "gsm8k", "limit": None, "seed": 0,
+           "tasks": {"gsm8k": {"exact_match/strict-match": {"value": 0.25, "se": 0.05, "n": 1319}}},
+           "lm_eval_version": "0.4.13", "question_ids": None}
+    folder = results / PAIR / "r1" / "kd" / "benchmarks"
+    folder.mkdir(parents=True)
+    (folder / "lm_eval_gsm8k.json").write_text(json.dumps(res))
+    regenerate(results, tmp_path / "lb")
+    text = (tmp_path / "lb" / f"{PAIR}.md").read_text()
+    assert "gsm8k exact_match/strict-match [1] (n=1319)" in text and "**0.25 ± 0.05**" in text
