@@ -404,7 +404,8 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
             metrics["ci95"] = list(arena_hard.bootstrap_interval(battles))
         result = {**result_header(opts, "arena_hard_v0.1", row, judge, decoding, (config["judge_model"],), ids, key,
                                   t0),
-                  "metrics": metrics, "baseline": config["baseline_model"], "judge_calls": calls["n"]}
+                  "metrics": metrics, "baseline": config["baseline_model"], "judge_calls": calls["n"],
+                  "judge_config_sha256": file_fingerprint(arena_hard.data_file(root, "judge_config.yaml"))}
         written.append(write_result(opts, row, "arena_hard", result, rows))
         say(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
             f"games without a verdict ({calls['n']} judge calls)")
@@ -477,6 +478,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
                                      f"rows; {len(scored)} here")
         result = {**result_header(opts, "alpaca_eval_2", row, judge, decoding, (official["model"],), ids, key, t0),
                   "metrics": metrics, "annotator": alpaca_eval.ANNOTATOR,
+                  "judge_prompt_sha256": stable_hash(alpaca_eval.annotator_config()[1], 16),
                   "reference_generator": alpaca_eval.REFERENCE_GENERATOR, "judge_calls": counts,
                   "eval_set_sha256": file_fingerprint(alpaca_eval.eval_set_path(root))}
         written.append(write_result(opts, row, "alpaca_eval", result, annotations))
