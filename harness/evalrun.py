@@ -144,10 +144,17 @@ def _item_id(item: dict):
     return (0, value, "") if isinstance(value, int) else (1, 0, str(value))
 
 
-def judge_decoding(opts: EvalOptions, temperature: float, max_tokens: int, choices: tuple) -> Decoding:
+def judge_decoding(opts: EvalOptions, temperature: float, max_tokens: int, choices: tuple,
+                   top_logprobs: int = 0) -> Decoding:
+    """The benchmark's judge decoding; constrained verdicts choose among ``choices`` = (prefix, strings)."""
     if opts.verdict == "constrained":
         return Decoding(temperature=temperature, max_tokens=max_tokens, prefix=choices[0], choices=choices[1])
-    return Decoding(temperature=temperature, max_tokens=max_tokens)
+    return Decoding(temperature=temperature, max_tokens=max_tokens, top_logprobs=top_logprobs)
+
+
+def judgment_cache(opts: EvalOptions, name: str = "judgments") -> JudgmentCache:
+    """One append-only cache per kind for every benchmark and run: a judgment is reused wherever it recurs."""
+    return JudgmentCache(opts.cache_dir / "judgments" / f"{name}.jsonl")
 
 
 def run_rows(opts: EvalOptions) -> tuple[object, dict[str, dict]]:
@@ -284,7 +291,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
     decoding = judge_decoding(opts, mt_bench.JUDGE_TEMPERATURE, opts.judge_max_tokens, MT_BENCH_CHOICES)
-    judgments = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    judgments = judgment_cache(opts)
     written = []
     for row, record in records.items():
         t0 = time.perf_counter()
@@ -363,7 +370,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     judge = make_judge(opts, pair)
     max_tokens = opts.judge_max_tokens or int(config["max_tokens"])
     decoding = judge_decoding(opts, float(config["temperature"]), max_tokens, ARENA_HARD_CHOICES)
-    cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    cache = judgment_cache(opts)
     written = []
     for row, record in records.items():
         t0 = time.perf_counter()
@@ -431,13 +438,9 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
     pair, records = run_rows(opts)
     judge = make_judge(opts, pair)
     official = alpaca_eval.JUDGE_DECODING
-    if opts.verdict == "constrained":
-        decoding = Decoding(temperature=official["temperature"], max_tokens=official["max_tokens"],
-                            prefix=ALPACA_EVAL_CHOICES[0], choices=ALPACA_EVAL_CHOICES[1])
-    else:
-        decoding = Decoding(temperature=official["temperature"], max_tokens=official["max_tokens"],
-                            top_logprobs=official["top_logprobs"])
-    cache = JudgmentCache(opts.cache_dir / "judgments" / "judgments.jsonl")
+    decoding = judge_decoding(opts, official["temperature"], official["max_tokens"], ALPACA_EVAL_CHOICES,
+                              top_logprobs=official["top_logprobs"])
+    cache = judgment_cache(opts)
     lc_files = fetch_alpaca_eval_lc_files(opts.cache_dir, opts.data_dir)
     written = []
     for row, record in records.items():
@@ -537,7 +540,7 @@ def eval_rm_winrate(opts: EvalOptions, scorer=None) -> list[Path]:
         identity, scorer = model.identity(), model
     else:
         identity = {"kind": "scorer", "model": getattr(scorer, "name", type(scorer).__name__)}
-    score = cached_scorer(scorer, identity, JudgmentCache(opts.cache_dir / "judgments" / "rewards.jsonl"))
+    score = cached_scorer(scorer, identity, judgment_cache(opts, "rewards"))
     written = []
     for row in (opts.rows or list(records)):
         if row == opts.rm_reference:
