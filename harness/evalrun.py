@@ -218,6 +218,17 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
 
 
+def greedy_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str, ids: list,
+                   prompts: list[str]) -> tuple[list[str], str]:
+    """A row's greedy single-turn answers (Arena-Hard, AlpacaEval), cached like every answer stage."""
+    from harness.generation import generate
+
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    return row_answers(opts, pair, row, record, benchmark, ids, {"max_new_tokens": opts.max_new_tokens},
+                       lambda m, tok: [a["text"] for a in generate(m, tok, chats, opts.max_new_tokens,
+                                                                   desc=f"{benchmark} answers")])
+
+
 def data_root(opts: EvalOptions, benchmark: str) -> Path:
     """The folder to read a benchmark's files from: --data-dir as given, else upstream's files downloaded once
     into the cache."""
@@ -356,7 +367,6 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.benchmarks import arena_hard
-    from harness.generation import generate
     from harness.judges import cached_judge
     from harness.pipeline import say
 
@@ -375,11 +385,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     for row, record in records.items():
         t0 = time.perf_counter()
         ids = [q["uid"] for q in questions]
-        answers, key = row_answers(
-            opts, pair, row, record, "arena_hard", ids, {"max_new_tokens": opts.max_new_tokens},
-            lambda m, tok: [a["text"] for a in generate(m, tok, [[{"role": "user", "content": q["prompt"]}]
-                                                                  for q in questions], opts.max_new_tokens,
-                                                        desc="Arena-Hard answers")])
+        answers, key = greedy_answers(opts, pair, row, record, "arena_hard", ids, [q["prompt"] for q in questions])
         calls = {"n": 0}
         lock = threading.Lock()
 
@@ -428,7 +434,6 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
     and the ``length_controlled_minimal`` GLM (never presented as the official LC, which needs hub files)."""
     from harness.benchmarks import alpaca_eval
     from harness.benchmarks.download import fetch_alpaca_eval_lc_files
-    from harness.generation import generate
     from harness.pipeline import say
 
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or alpaca_eval.ANSWER_MAX_NEW_TOKENS)
@@ -446,11 +451,8 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
     for row, record in records.items():
         t0 = time.perf_counter()
         ids = [r["index"] for r in subset]
-        answers, key = row_answers(
-            opts, pair, row, record, "alpaca_eval", ids, {"max_new_tokens": opts.max_new_tokens},
-            lambda m, tok: [a["text"] for a in generate(m, tok, [[{"role": "user", "content": r["instruction"]}]
-                                                                  for r in subset], opts.max_new_tokens,
-                                                        desc="AlpacaEval answers")])
+        answers, key = greedy_answers(opts, pair, row, record, "alpaca_eval", ids,
+                                      [r["instruction"] for r in subset])
         outputs = [{"instruction": r["instruction"], "output": a, "generator": row} for r, a in zip(subset, answers)]
         plan = [{**p, "index": r["index"]} for p, r in zip(alpaca_eval.judge_plan(subset, outputs), subset)]
         to_judge = [p["messages"] for p in plan if p["messages"] is not None]

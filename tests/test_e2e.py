@@ -294,7 +294,7 @@ def test_alpaca_eval_with_constrained_local_verdicts(workspace):
     assert re.search(r"AlpacaEval 2 WR % \[\d\] \(n=2\)", board) and "constrained verdicts" in board
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "(0 judge calls, 2 cached)" in again.output
-    assert "AlpacaEval answers" not in again.output
+    assert "alpaca_eval answers" not in again.output
 
 
 def test_arena_hard_with_constrained_verdicts_always_has_battles(workspace):

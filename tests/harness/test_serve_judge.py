@@ -293,7 +293,7 @@ def test_bench_eval_judged_by_transformers_serve(judge_server, shared_dir, tmp_p
     assert second.exit_code == 0, second.output + repr(second.exception)
     print(f"second bench eval (server stopped): {time.perf_counter() - t0:.1f}s")
     assert f"(0 judge calls, {2 * LIMIT} cached)" in second.output and "(0 judge calls)" in second.output
-    assert "MT-Bench turn" not in second.output and "Arena-Hard answers" not in second.output
+    assert "MT-Bench turn" not in second.output and "arena_hard answers" not in second.output
     assert json.loads((folder / "mt_bench.json").read_text())["judge_calls"] == {"called": 0, "cached": 2 * LIMIT,
                                                                                  "failed": 0}
     assert json.loads((folder / "arena_hard.json").read_text())["judge_calls"] == 0
