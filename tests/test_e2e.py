@@ -208,14 +208,20 @@ def test_a_dependency_cached_without_weights_gets_them_when_another_method_start
     assert rec["compute"]["starts_from"]["train_stage_key"] == stage.name
 
 
+def eval_args(workspace, *extra: str) -> list[str]:
+    root = workspace["root"]
+    return ["eval", "--run", "tiny-seed0", "--data-dir",
+            str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
+            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"),
+            "--leaderboard-dir", str(root / "lb"), *extra]
+
+
 def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
     """bench eval on the tiny run's teacher and dckd rows (dckd keeps its weights: adpa_plus starts from it), a
     2-question subset, the real SmolLM2 teacher as judge. A second call answers and judges nothing anew."""
     root = workspace["root"]
-    args = ["eval", "--benchmarks", "mt_bench", "--judge", "local:teacher", "--run", "tiny-seed0", "--rows",
-            "teacher,dckd", "--limit", "2", "--max-new-tokens", "8", "--judge-max-tokens", "8",
-            "--data-dir", str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
-            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache")]
+    args = eval_args(workspace, "--benchmarks", "mt_bench", "--judge", "local:teacher", "--rows", "teacher,dckd",
+                     "--limit", "2", "--max-new-tokens", "8", "--judge-max-tokens", "8")
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output + repr(first.exception)
     for row in ("teacher", "dckd"):
@@ -244,10 +250,8 @@ def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
 
 def test_arena_hard_eval_plays_two_games_per_question(workspace):
     root = workspace["root"]
-    args = ["eval", "--benchmarks", "arena_hard", "--judge", "local:teacher", "--run", "tiny-seed0", "--rows",
-            "teacher", "--limit", "1", "--max-new-tokens", "4", "--judge-max-tokens", "4",
-            "--data-dir", str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
-            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache")]
+    args = eval_args(workspace, "--benchmarks", "arena_hard", "--judge", "local:teacher", "--rows", "teacher",
+                     "--limit", "1", "--max-new-tokens", "4", "--judge-max-tokens", "4")
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output + repr(first.exception)
     folder = root / "results/smollm2-135m/tiny-seed0/teacher/benchmarks"
@@ -260,14 +264,6 @@ def test_arena_hard_eval_plays_two_games_per_question(workspace):
     assert len(line["games"]) == 2 and all(g["judgment"] for g in line["games"])
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "(0 judge calls)" in again.output
-
-
-def eval_args(workspace, *extra: str) -> list[str]:
-    root = workspace["root"]
-    return ["eval", "--run", "tiny-seed0", "--data-dir",
-            str(workspace["args"][workspace["args"].index("--data-dir") + 1]),
-            "--results-dir", str(root / "results"), "--cache-dir", str(root / "cache"),
-            "--leaderboard-dir", str(root / "lb"), *extra]
 
 
 def test_alpaca_eval_with_constrained_local_verdicts(workspace):
