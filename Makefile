@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared,)
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup browser demo test lint clean-cache
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,16 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup
+# The HTML report's browser test drives Debian's Chromium through its ChromeDriver (never a downloaded browser).
+# As root (CI), install them; otherwise say how, and the browser test skips (it fails instead when CI is set).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "note: install Debian's chromium and chromium-driver for the HTML report's browser test"; fi
+
+test: setup browser
 	$(BIN)/ruff check .
 	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -76,6 +77,16 @@ def _eval_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _echo_leaderboards(written: list[Path]) -> None:
+    """The tables and pages by name; the plots by count (there are a dozen per run)."""
+    plots = [p for p in written if p.suffix in (".png", ".svg")]
+    for path in written:
+        if path not in plots:
+            click.echo(f"leaderboard: {path}")
+    if plots:
+        click.echo(f"plots: {len(plots)} files under {Path(os.path.commonpath(plots))}")
 
 
 def _leaderboards_beside(results_dir, leaderboard_dir) -> Path:
@@ -172,8 +183,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         click.echo(f"{name}: {path}")
     written = regenerate(results_dir, leaderboard_dir)
     click.echo(f"results: {run_dir}")
-    for path in written:
-        click.echo(f"leaderboard: {path}")
+    _echo_leaderboards(written)
 
 
 @main.command()
@@ -224,7 +234,10 @@ def budgets():
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(path_type=Path))
 @click.option("--leaderboard-dir", default=None, type=click.Path(path_type=Path),
               help="Where leaderboards go (default: leaderboards/ beside the results folder).")
-def leaderboard(results_dir, leaderboard_dir):
+@click.option("--screenshot", "screenshot_dir", default=None, type=click.Path(path_type=Path),
+              help="Also save a PNG of each pair's HTML report into this folder, taken in headless Chromium "
+                   "(Debian's chromium and chromium-driver). Screenshots are not part of the byte-identical output.")
+def leaderboard(results_dir, leaderboard_dir, screenshot_dir):
     """Regenerate leaderboards/ from results/ alone (no training, generation or judging)."""
     leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
     from harness.leaderboard import regenerate
@@ -236,8 +249,13 @@ def leaderboard(results_dir, leaderboard_dir):
     written = regenerate(results_dir, leaderboard_dir)
     if not written:
         raise BenchError(f"{results_dir} holds no run records (results/<pair>/<run>/<row>/record.json).")
-    for path in written:
-        click.echo(f"leaderboard: {path}")
+    _echo_leaderboards(written)
+    if screenshot_dir:
+        from harness.report import screenshot
+
+        for page in written:
+            if page.suffix == ".html" and page.name != "index.html":
+                click.echo(f"screenshot: {screenshot(page, Path(screenshot_dir) / f'{page.stem}.png')}")
 
 
 @main.command()
@@ -283,8 +301,7 @@ def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, 
                       [r.strip() for r in rows.split(",")] if rows else None, seed, kw)
     for name, path in run_benchmarks(opts, names):
         click.echo(f"{name}: {path}")
-    for path in regenerate(results_dir, leaderboard_dir):
-        click.echo(f"leaderboard: {path}")
+    _echo_leaderboards(regenerate(results_dir, leaderboard_dir))
 
 
 if __name__ == "__main__":

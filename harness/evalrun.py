@@ -315,7 +315,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
                 name, messages = mt_bench.judge_messages(q, ans, turn, prompts, references.get(q["question_id"]))
                 requests.append(messages)
                 meta.append({"question_id": q["question_id"], "category": q["category"], "turn": turn,
-                             "prompt": name})
+                             "prompt": name, "question": q["turns"][turn - 1]})
         results, counts = judge_all(judge, requests, decoding, judgments, desc=f"judge MT-Bench {row}")
         rows = [{**m, "score": mt_bench.parse_rating(r.text) if r.error is None else mt_bench.FAILED,
                  "judgment": r.text, "error": r.error} for m, r in zip(meta, results)]
@@ -407,7 +407,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
         for i, q in enumerate(questions):
             g1, g2 = games[2 * i], games[2 * i + 1]
             battles += arena_hard.battles(g1["verdict"], g2["verdict"])
-            rows.append({"uid": q["uid"], "cluster": q["cluster"], "answer": answers[i],
+            rows.append({"uid": q["uid"], "cluster": q["cluster"], "question": q["prompt"], "answer": answers[i],
                          "games": [{"verdict": g["verdict"], "judgment": g["judgment"]} for g in (g1, g2)]})
         unparsed = sum(g["verdict"] is None for g in games)
         metrics = {"n_questions": len(questions), "n_games": len(games), "n_unparsed_games": unparsed,

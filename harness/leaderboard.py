@@ -33,11 +33,14 @@ def _read_json(path: Path) -> dict:
 
 
 def load_records(results_dir: Path) -> list[dict]:
-    """Run records, each with the benchmark results found beside it (``benchmarks/*.json``) under ``_benchmarks``."""
+    """Run records, each with its row folder under ``_dir`` and the benchmark results found beside it
+    (``benchmarks/*.json``, each with its file name under ``_file``) under ``_benchmarks``."""
     records = []
     for path in sorted(Path(results_dir).glob("*/*/*/record.json")):
         rec = _read_json(path)
-        rec["_benchmarks"] = [_read_json(p) for p in sorted((path.parent / "benchmarks").glob("*.json"))]
+        rec["_dir"] = str(path.parent)
+        rec["_benchmarks"] = [{**_read_json(p), "_file": p.name}
+                              for p in sorted((path.parent / "benchmarks").glob("*.json"))]
         records.append(rec)
     return records
 
@@ -185,14 +188,15 @@ def _int(v) -> str:
     return "–" if v is None or pd.isna(v) else f"{int(v):,}"
 
 
-def benchmark_table(part: pd.DataFrame, records: list[dict]) -> list[str]:
-    """The run's benchmark scores: one column per metric and variant, footnotes saying how each was judged."""
+def benchmark_table(part: pd.DataFrame, records: list[dict], notes: dict[str, int] | None = None) -> list[str]:
+    """The run's benchmark scores: one column per metric and variant, footnotes saying how each was judged.
+    ``notes`` (setting -> footnote number, in column order) is filled for the tables that follow."""
     columns, cells = benchmark_columns(part, records)
     if not columns:
         return []
     lines = ["### Benchmarks", ""]
     header = ["model"]
-    notes: dict[str, int] = {}  # a footnote per distinct setting, numbered in column order
+    notes = {} if notes is None else notes
     for col in columns:
         note = notes.setdefault(col["description"], len(notes) + 1)
         ns = sorted({c["n"] for (k, _), c in cells.items() if k == col["key"] and c.get("n") is not None})
@@ -243,7 +247,80 @@ def benchmark_frame(df: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def markdown(pair: str, df: pd.DataFrame, description: str = "", records: list[dict] | None = None) -> str:
+def budget_line(budget: dict) -> str:
+    """What every method of the run was allowed, in one sentence."""
+    get = budget.get
+    parts = [f"Budget `{get('name')}`:"]
+    if get("train_examples") is not None:
+        parts.append(f"{get('train_examples')} training pairs,")
+    if get("optimizer_steps") is not None:
+        parts.append(f"{get('optimizer_steps')} optimizer steps"
+                     + (f" of {get('batch_size')} × {get('grad_accum', 1)} sequences" if get("batch_size") else "")
+                     + ",")
+    if get("max_seq_len") is not None:
+        parts.append(f"sequences ≤ {get('max_seq_len')} tokens (prompts ≤ {get('max_prompt_len')}),")
+    if get("learning_rate") is not None:
+        parts.append(f"lr {get('learning_rate'):g} ({get('lr_schedule', '?')}),")
+    if get("eval_examples") is not None:
+        parts.append(f"evaluated on {get('eval_examples')} held-out rows ({get('gen_eval_examples', 0)} answered, "
+                     f"≤ {get('gen_max_new_tokens', '?')} new tokens).")
+    text = " ".join(parts)
+    return text[:-1] + "." if text.endswith(",") else text
+
+
+COMPUTE = [("optimizer_steps", "steps"), ("student_tokens_trained", "student tokens"),
+           ("teacher_forward_tokens", "teacher tokens"), ("generated_tokens", "generated tokens"),
+           ("wall_clock_s", "train s"), ("flops_estimate", "TFLOP (est.)")]
+
+
+def _compute_cell(name: str, value) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    if name == "wall_clock_s":
+        return f"{value:.0f}"
+    if name == "flops_estimate":
+        return f"{value / 1e12:.1f}"
+    return _int(value)
+
+
+def run_table(part: pd.DataFrame) -> list[str]:
+    """Offline metrics (± s.e., best trained method bold) and the compute each row used."""
+    best = {}
+    trained = part[part["kind"] == "method"]
+    for name, _, higher in METRICS:
+        col = trained[name].dropna()
+        if len(col):
+            best[name] = col.max() if higher else col.min()
+    header = ["model"] + [f"{label} (n={_n(part, name)})" for name, label, _ in METRICS] + [h for _, h in COMPUTE]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in part.iterrows():
+        cells = [f"*{r['row']}*" if r["kind"] == "reference" else r["row"]]
+        for name, _, _ in METRICS:
+            cells.append(_cell(r[name], r[f"{name}_se"], r["kind"] == "method" and name in best
+                               and r[name] == best[name]))
+        cells += [_compute_cell(name, r[name]) for name, _ in COMPUTE]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plot_lines(plots: list[dict], base: Path) -> list[str]:
+    """Links to a run's plots (relative to the Markdown file); the first is shown inline."""
+    if not plots:
+        return []
+    lines = ["### Plots", ""]
+    first = plots[0]
+    lines += [f"![{first['title']}]({first['png'].relative_to(base).as_posix()})", ""]
+    lines += [f"- [{p['title']}]({p['png'].relative_to(base).as_posix()}) "
+              f"([SVG]({p['svg'].relative_to(base).as_posix()})): {p['caption']}" for p in plots]
+    return lines + [""]
+
+
+def markdown(pair: str, df: pd.DataFrame, description: str = "", records: list[dict] | None = None,
+             plots: dict[str, list[dict]] | None = None, base: Path | None = None) -> tuple[str, list[dict], list[dict]]:
+    """The pair's leaderboard, every paired difference behind it (for the CSV), and the table models of its
+    differences and seed tables (for the HTML report)."""
+    records = records or []
+    plots = plots or {}
     lines = [f"# Leaderboard: {pair}", ""]
     if description:
         lines += [description, ""]
@@ -254,45 +331,139 @@ def markdown(pair: str, df: pd.DataFrame, description: str = "", records: list[d
         "command in its section.",
         "",
     ]
+    if base is not None:
+        lines += [f"The HTML report [`{pair}.html`]({pair}.html) has these tables (sortable), the plots and the "
+                  "answers side by side with the judges' rationales.", ""]
+    all_diffs, tables = [], []
     for run, part in df.groupby("run", sort=True):
         budget, seed = part["budget"].iloc[0], part["seed"].iloc[0]
+        run_records = [r for r in records if r["run"] == run]
         lines += [f"## Run `{run}` (budget `{budget}`, seed {seed})", ""]
+        budgets = [r["budget"] for r in run_records if r.get("budget")]
+        if budgets:
+            lines += [budget_line(budgets[0]), ""]
         methods = sorted(part.loc[part["kind"] == "method", "row"])
         if methods:
             lines += [f"Reproduce: `bench run --methods {','.join(methods)} --pair {pair} --budget {budget} "
                       f"--seed {seed} --data-dir ../shared`", ""]
-        best = {}
-        trained = part[part["kind"] == "method"]
-        for name, _, higher in METRICS:
-            col = trained[name].dropna()
-            if len(col):
-                best[name] = col.max() if higher else col.min()
-        header = ["model"] + [f"{label} (n={_n(part, name)})" for name, label, _ in METRICS]
-        header += ["steps", "student tokens", "teacher tokens", "train s", "TFLOP (est.)"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for _, r in part.iterrows():
-            label = f"*{r['row']}*" if r["kind"] == "reference" else r["row"]
-            cells = [label]
-            for name, _, _ in METRICS:
-                is_best = r["kind"] == "method" and name in best and r[name] == best[name]
-                cells.append(_cell(r[name], r[f"{name}_se"], is_best))
-            flops = r["flops_estimate"]
-            cells += [_int(r["optimizer_steps"]), _int(r["student_tokens_trained"]), _int(r["teacher_forward_tokens"]),
-                      "–" if pd.isna(r["wall_clock_s"]) else f"{r['wall_clock_s']:.0f}",
-                      "–" if flops is None or pd.isna(flops) else f"{flops / 1e12:.1f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines += benchmark_table(part, records or [])
+        lines += run_table(part)
+        notes: dict[str, int] = {}
+        lines += benchmark_table(part, run_records, notes)
+        model, diffs = differences_table(run, part, run_records, notes)
+        if model:
+            lines += md_table(model)
+            tables.append(model)
+        all_diffs += [{"pair": pair, "scope": run, **d} for d in diffs]
+        lines += plot_lines(plots.get(run, []), base) if base is not None else []
+    for group in seed_groups(records):
+        models, diffs = seed_section(pair, group)
+        lines += [f"## {models[0]['section']}", ""] + [line for m in models for line in md_table(m)]
+        tables += models
+        all_diffs += diffs
     lines += [
         "Metrics: *pref. acc.* — share of held-out pairs where the model gives the chosen response a higher "
         "length-normalised log-probability than the rejected one; *margin* — the mean difference of those "
         "(nats/token); *NLL chosen* — token-mean negative log-likelihood of the chosen responses; *KL to teacher* — "
         "token-mean KL(teacher ‖ model) on the chosen responses between top-k + rest-bucket coarsenings (a lower "
         "bound on the full KL); *ROUGE-L* — F1 ×100 of greedy answers against the chosen responses. Teacher tokens "
-        "count the teacher forward passes of the cached signals a method used (shared between methods).",
+        "count the teacher forward passes of the cached signals a method used (shared between methods); generated "
+        "tokens, the tokens sampled for the method's training signals; TFLOP, 6 × student parameters × trained "
+        "tokens plus 2 × parameters × tokens for every forward pass and generation its signals needed.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines), all_diffs, tables
+
+
+# ---------------------------------------------------------------- seeds
+
+def seed_groups(records: list[dict]) -> list[list[dict]]:
+    """Runs of one pair that differ only in their seed (same budget otherwise), when there are at least two."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for rec in records:
+        budget = {k: v for k, v in (rec.get("budget") or {}).items() if k != "seed"}
+        groups.setdefault(stable_hash(budget), {}).setdefault(rec["run"], []).append(rec)
+    out = []
+    for runs in groups.values():
+        seeds = {recs[0]["seed"] for recs in runs.values()}
+        if len(runs) >= 2 and len(seeds) == len(runs):
+            out.append([r for run in sorted(runs) for r in runs[run]])
+    return sorted(out, key=lambda g: (g[0]["budget"]["name"], g[0]["run"]))
+
+
+def seed_values(group: list[dict]) -> tuple[list[dict], dict[str, dict[str, list[float]]]]:
+    """Columns (offline metrics, then benchmark cells matched by variant) and {column: {row: [value per seed]}}."""
+    columns: dict[tuple, dict] = {}
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for position, (name, label, higher) in enumerate(METRICS):
+        columns[(0, position)] = {"label": label, "higher": higher, "decimals": 3, "description": None}
+        for rec in group:
+            m = (rec.get("metrics") or {}).get(name)
+            if m and m.get("value") is not None:
+                values.setdefault((0, position), {}).setdefault(rec["row"], []).append(m["value"])
+    for run in sorted({r["run"] for r in group}):
+        recs = [r for r in group if r["run"] == run]
+        part = pd.DataFrame({"run": [run] * len(recs), "row": [r["row"] for r in recs]})
+        cols, cells = benchmark_columns(part, recs)
+        for col in cols:
+            key = (1,) + col["key"]
+            columns.setdefault(key, {"label": col["label"], "higher": True, "decimals": 2,
+                                     "description": col["description"]})
+            for rec in recs:
+                cell = cells.get((col["key"], rec["row"]))
+                if cell and cell.get("value") is not None:
+                    values.setdefault(key, {}).setdefault(rec["row"], []).append(cell["value"])
+    ordered = [dict(columns[k], key=k) for k in sorted(columns) if k in values]
+    return ordered, values
+
+
+def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Table models for a seed group (mean ± sd across seeds, then paired differences over seed-averaged
+    question scores), and those differences for the CSV."""
+    from harness.stats import seed_spread
+
+    runs = sorted({r["run"] for r in group})
+    seeds = sorted({r["seed"] for r in group})
+    budget = group[0]["budget"]["name"]
+    scope = f"seeds:{budget}:{','.join(map(str, seeds))}"
+    section = f"Budget `{budget}` across seeds {', '.join(map(str, seeds))} (runs {', '.join(runs)})"
+    columns, values = seed_values(group)
+    notes: dict[str, int] = {}
+    for col in columns:
+        if col["description"]:
+            notes.setdefault(col["description"], len(notes) + 1)
+    kinds = {r["row"]: r["kind"] for r in group}
+    rows = sorted(kinds, key=lambda r: (REFERENCE_ORDER.get(r, 2), r))
+    spreads = [{row: seed_spread(v) for row, v in values[col["key"]].items()} for col in columns]
+    body = [{"row": row, "kind": kinds[row], "cells": []} for row in rows]
+    for col, by_row in zip(columns, spreads):
+        means = [sp["mean"] for r, sp in by_row.items() if kinds[r] == "method"]
+        best = ((max if col["higher"] else min)(means)) if means else None
+        d = col["decimals"]
+        for out in body:
+            sp = by_row.get(out["row"])
+            if sp is None:
+                out["cells"].append(MISSING)
+                continue
+            text = f"{sp['mean']:.{d}f}" + ("" if sp["sd"] is None else f" ± {sp['sd']:.{d}f}") \
+                + ("" if sp["seeds"] == len(seeds) else f" ({sp['seeds']} seeds)")
+            out["cells"].append({"text": text, "value": sp["mean"],
+                                 "best": out["kind"] == "method" and sp["mean"] == best})
+    header = [{"label": col["label"] + (f" [{notes[col['description']]}]" if col["description"] else ""),
+               "numeric": True} for col in columns]
+    seed_table = table_model(
+        scope, "seeds", "Mean and spread across seeds", header, body, section=section,
+        intro="Mean ± standard deviation across seeds (the spread to expect from re-running with another seed); "
+              "the number of seeds behind a cell is given where it is fewer than all. **Bold**: best trained "
+              "method by mean.",
+        notes=[f"[{n}] {d}." for d, n in notes.items()])
+    part = pd.DataFrame({"row": rows, "kind": [kinds[r] for r in rows]})
+    model, diffs = differences_table(scope, part, group, notes)
+    models = [seed_table]
+    if model:
+        model.update(section=section, title="Paired differences from the best method (question scores averaged "
+                                            "over seeds)")
+        models.append(model)
+    return models, [{"pair": pair, "scope": scope, **d} for d in diffs]
 
 
 def _n(part: pd.DataFrame, name: str) -> str:
@@ -300,24 +471,295 @@ def _n(part: pd.DataFrame, name: str) -> str:
     return "/".join(map(str, ns)) if ns else "–"
 
 
+# ---------------------------------------------------------------- per-question scores and paired differences
+
+# Columns whose per-question scores a paired bootstrap resamples: (key in questions.judged_items, label, decimals).
+QUESTION_COLUMNS = {
+    "mt_bench": [("score", "MT-Bench rating", 2), ("expected_score", "MT-Bench E[rating]", 2)],
+    "alpaca_eval_2": [("score", "AlpacaEval 2 WR %", 1)],
+    "arena_hard_v0.1": [("score", "Arena-Hard battles won %", 1)],
+    "rm_winrate": [("score", "RM WR %", 1)],
+}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.exists() else []
+
+
+def question_columns(rec: dict) -> list[tuple[dict, dict[str, float]]]:
+    """A row's per-question scores: (column, {question id: score}) for each offline metric it reports (held-out
+    rows from per_example.jsonl and answers.jsonl) and each judged benchmark result."""
+    from harness.questions import question_scores
+    from harness.stats import ROW_METRICS
+
+    row_dir = Path(rec["_dir"])
+    examples = _jsonl(row_dir / "per_example.jsonl")
+    answers = _jsonl(row_dir / "answers.jsonl")
+    out = []
+    for position, (name, label, higher) in enumerate(METRICS):
+        if name not in (rec.get("metrics") or {}):
+            continue
+        if name == "rouge_l":
+            scores = {str(a["row"]): a["rouge_l"] for a in answers if a.get("rouge_l") is not None}
+        else:
+            scores = {str(e["row"]): ROW_METRICS[name](e) for e in examples
+                      if name != "kl_teacher" or e.get("kl_sum") is not None}
+        if scores:
+            out.append(({"id": name, "label": label, "higher": higher, "decimals": 3, "description": None,
+                         "order": (0, position)}, scores))
+    for result in rec.get("_benchmarks", []):
+        key, description = variant(result)
+        for position, (field, label, decimals) in enumerate(QUESTION_COLUMNS.get(result["benchmark"], [])):
+            scores = question_scores(result, row_dir, field)
+            if scores:
+                if result["benchmark"] == "rm_winrate":
+                    label = f"{label} vs {result.get('reference', '?')}"
+                out.append(({"id": f"{result['benchmark']}:{field}:{key}", "label": label, "higher": True,
+                             "decimals": decimals, "description": description,
+                             "order": (1, BENCHMARK_ORDER.get(result["benchmark"], 9), result["benchmark"], position,
+                                       key)}, scores))
+    return out
+
+
+def scope_scores(records: list[dict]) -> tuple[list[dict], dict[str, dict[str, dict[str, float]]]]:
+    """Columns and {column: {row: {question: score}}} over a scope: one run, or the runs of several seeds, where a
+    question's score is its mean over the seeds that scored it."""
+    columns: dict[str, dict] = {}
+    sums: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for rec in records:
+        for col, scores in question_columns(rec):
+            columns.setdefault(col["id"], col)
+            per_row = sums.setdefault(col["id"], {}).setdefault(rec["row"], {})
+            for q, v in scores.items():
+                per_row.setdefault(q, []).append(v)
+    means = {c: {row: {q: sum(v) / len(v) for q, v in qs.items()} for row, qs in rows.items()}
+             for c, rows in sums.items()}
+    return sorted(columns.values(), key=lambda c: c["order"]), means
+
+
+def paired_differences(scope: str, columns: list[dict], scores: dict) -> list[dict]:
+    """Every pair of rows on every column: mean difference (a - b) over the questions both have, with a 95%
+    paired bootstrap interval. Resamples are seeded by scope and column, so the output is reproducible."""
+    from itertools import combinations
+
+    from harness.stats import bootstrap_indices, paired_bootstrap
+
+    out = []
+    for col in columns:
+        by_row = scores[col["id"]]
+        indices = {}
+        for a, b in combinations(sorted(by_row), 2):
+            common = sorted(set(by_row[a]) & set(by_row[b]))
+            if len(common) < 2:
+                continue
+            if len(common) not in indices:
+                indices[len(common)] = bootstrap_indices(len(common), f"{scope}|{col['id']}|{len(common)}")
+            diff = paired_bootstrap([by_row[a][q] for q in common], [by_row[b][q] for q in common],
+                                    indices[len(common)])
+            out.append({"column": col["id"], "label": col["label"], "a": a, "b": b, **diff})
+    return out
+
+
+def _against_best(col: dict, rows: list[str], methods: set[str], scores: dict, diffs: dict) -> dict[str, dict]:
+    """Each row's cell in the differences table: its paired difference from the column's best method."""
+    by_row = scores[col["id"]]
+    means = {r: sum(v.values()) / len(v) for r, v in by_row.items() if v}
+    candidates = [r for r in rows if r in methods and r in means]
+    if not candidates:
+        return {}
+    # ties go to the first name, and the others show their zero difference
+    best = min(candidates, key=lambda r: (-means[r] if col["higher"] else means[r], r))
+    cells, d = {best: {"text": "best", "value": 0.0, "best": True}}, col["decimals"]
+
+    def num(x: float) -> str:
+        return f"{0.0 if round(x, d) == 0 else x:+.{d}f}"
+
+    for row in rows:
+        if row == best or row not in means:
+            continue
+        a, b = sorted((row, best))
+        entry = diffs.get((col["id"], a, b))
+        if entry is None:
+            continue
+        sign = 1 if a == row else -1  # entries are (a - b); the cell is (row - best)
+        lo, hi = sorted((sign * entry["ci95_low"], sign * entry["ci95_high"]))
+        mark = " \\*" if lo > 0 or hi < 0 else ""
+        cells[row] = {"text": f"{num(sign * entry['difference'])} [{num(lo)}, {num(hi)}]{mark}",
+                      "value": sign * entry["difference"], "best": False}
+    return cells
+
+
+def table_model(scope: str, table_id: str, title: str, columns: list[dict], rows: list[dict],
+                intro: str | None = None, notes: list[str] | None = None, section: str | None = None) -> dict:
+    """A formatted table that both the Markdown board (``md_table``) and the HTML report render."""
+    return {"scope": scope, "section": section, "id": table_id, "title": title, "intro": intro, "columns": columns,
+            "rows": rows, "notes": notes or []}
+
+
+def md_table(model: dict) -> list[str]:
+    header = ["model"] + [c["label"] for c in model["columns"]]
+    lines = [f"### {model['title']}", ""] + ([model["intro"], ""] if model.get("intro") else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in model["rows"]:
+        cells = [f"*{r['row']}*" if r["kind"] == "reference" else r["row"]]
+        cells += [f"**{c['text']}**" if c["best"] else c["text"] for c in r["cells"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""] + [n for note in model["notes"] for n in (note, "")]
+
+
+MISSING = {"text": "–", "value": None, "best": False}
+
+
+def differences_table(scope: str, part: pd.DataFrame, records: list[dict],
+                      notes: dict[str, int]) -> tuple[dict | None, list[dict]]:
+    """Each row against the best trained method of every column, with paired bootstrap intervals (a table
+    model); and all the pairwise differences (for the CSV)."""
+    columns, scores = scope_scores(records)
+    diffs = paired_differences(scope, columns, scores)
+    if not diffs:
+        return None, diffs
+    index = {(d["column"], d["a"], d["b"]): d for d in diffs}
+    rows = list(dict.fromkeys(part["row"]))
+    methods = set(part.loc[part["kind"] == "method", "row"])
+    cells = {col["id"]: _against_best(col, rows, methods, scores, index) for col in columns}
+    columns = [c for c in columns if cells[c["id"]]]
+    header = []
+    for c in columns:
+        ns = sorted({d["n"] for d in diffs if d["column"] == c["id"]})
+        arrow = "" if c["label"][-1] in "↑↓" else (" ↑" if c["higher"] else " ↓")
+        note = f" [{notes[c['description']]}]" if c["description"] in notes else ""
+        header.append({"label": f"{c['label']}{arrow}{note} (n={'/'.join(map(str, ns))})", "numeric": True})
+    kinds = dict(zip(part["row"], part["kind"]))
+    body = [{"row": row, "kind": kinds.get(row, "method"),
+             "cells": [cells[c["id"]].get(row, MISSING) for c in columns]} for row in rows]
+    explain = ("Each cell is the row minus the column's best trained method, averaged over the questions (held-out "
+               "rows for the offline metrics) both answered, with a 95% paired bootstrap interval over those "
+               f"questions ({_n_boot()} resamples). \\* the interval excludes 0: a difference beyond resampling "
+               "noise over questions (not over training seeds). Where methods tie for best, the first by name is marked."
+               + (" Arena-Hard here is the share of weighted battles won, the per-question quantity behind its "
+                  "score." if any(c["id"].startswith("arena_hard") for c in columns) else ""))
+    return table_model(scope, "differences", "Paired differences from the best method", header, body,
+                       notes=[explain]), diffs
+
+
+def _n_boot() -> int:
+    from harness.stats import N_BOOT
+
+    return N_BOOT
+
+
+# ---------------------------------------------------------------- cross-pair summary
+
+def scopes(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """What a pair's ranking is computed on: each seed group (means over seeds), and each run outside one."""
+    grouped = seed_groups(records)
+    in_group = {r["run"] for g in grouped for r in g}
+    out = [(f"seeds:{g[0]['budget']['name']}", g) for g in grouped]
+    for run in sorted({r["run"] for r in records} - in_group):
+        out.append((run, [r for r in records if r["run"] == run]))
+    return out
+
+
+def summary_frame(records: list[dict]) -> pd.DataFrame:
+    """Methods by their average rank (1 = best; ties share the mean rank) over every pair, scope and ranked
+    column (offline metrics and benchmark columns; a benchmark's secondary views and the official-LC's
+    duplicate WR are left out)."""
+    ranks = []
+    for pair in sorted({r["pair"]["name"] for r in records}):
+        for scope, group in scopes([r for r in records if r["pair"]["name"] == pair]):
+            columns, values = seed_values(group)
+            for col in columns:
+                if col["key"][0] == 1 and _is_secondary(col, columns):
+                    continue
+                means = {row: sum(v) / len(v) for row, v in values[col["key"]].items()
+                         if any(r["row"] == row and r["kind"] == "method" for r in group)}
+                if len(means) < 2:
+                    continue
+                series = pd.Series(means).rank(ascending=not col["higher"], method="average")
+                ranks += [{"pair": pair, "scope": scope, "column": col["label"], "method": m, "rank": float(v)}
+                          for m, v in series.items()]
+    if not ranks:
+        return pd.DataFrame()
+    long = pd.DataFrame(ranks)
+    out = long.groupby("method").agg(average_rank=("rank", "mean"), columns=("rank", "size"),
+                                     pairs=("pair", "nunique")).reset_index()
+    per_pair = long.pivot_table(index="method", columns="pair", values="rank", aggfunc="mean")
+    per_pair.columns = [f"rank_{c}" for c in per_pair.columns]
+    out = out.merge(per_pair.reset_index(), on="method")
+    return out.sort_values(["average_rank", "method"]).reset_index(drop=True)
+
+
+def _is_secondary(col: dict, columns: list[dict]) -> bool:
+    """Another view of a ranked column: shown on the boards, not ranked twice."""
+    if col["label"] in ("MT-Bench E[rating]", "AlpacaEval 2 LC-minimal %"):
+        return True
+    # AlpacaEval's raw WR is ranked only where the official LC is absent for the same variant
+    return col["label"] == "AlpacaEval 2 WR %" and any(
+        c["label"] == "AlpacaEval 2 LC %" and c["key"][-1] == col["key"][-1] for c in columns)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    pairs = [c[len("rank_"):] for c in summary.columns if c.startswith("rank_")]
+    lines = ["# Summary across pairs", "",
+             "Generated by `bench leaderboard` from `results/` alone. Each trained method's rank (1 = best) on every "
+             "ranked column of every pair — offline metrics and benchmark scores, means over seeds where a budget "
+             "was run with several — averaged. Benchmark columns include non-official judges where the pair's "
+             "leaderboard says so; read the per-pair boards for their intervals before trusting a small gap.", "",
+             "| method | average rank ↓ | columns | pairs | " + " | ".join(f"rank on {p}" for p in pairs) + " |",
+             "|" + "---|" * (4 + len(pairs))]
+    for _, r in summary.iterrows():
+        cells = [r["method"], f"{r['average_rank']:.2f}", str(int(r["columns"])), str(int(r["pairs"]))]
+        cells += ["–" if pd.isna(r[f"rank_{p}"]) else f"{r[f'rank_{p}']:.2f}" for p in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
 def regenerate(results_dir: Path, leaderboard_dir: Path) -> list[Path]:
+    """Every file under ``leaderboard_dir`` from the records under ``results_dir``: per pair the Markdown board,
+    CSVs (rows, benchmark cells, seed means, paired differences), plots and HTML report; then the cross-pair
+    summary and the index page. Same records, same bytes."""
+    from harness.plots import render_plots
     from harness.registry import PAIRS
+    from harness.report import render_index, render_report
 
     records = load_records(results_dir)
     df = frame(records)
     written = []
     if df.empty:
         return written
+    leaderboard_dir = Path(leaderboard_dir)
+    pairs = []
     for pair, part in df.groupby("pair", sort=True):
+        pairs.append(pair)
+        pair_records = [r for r in records if r["pair"]["name"] == pair]
         description = PAIRS.get(pair).description if pair in PAIRS else ""
+        plots = {run: render_plots([r for r in pair_records if r["run"] == run],
+                                   leaderboard_dir / "plots" / pair / run)
+                 for run in sorted({r["run"] for r in pair_records})}
+        written += [p[k] for ps in plots.values() for p in ps for k in ("png", "svg")]
+        text, diffs, tables = markdown(pair, part, description, pair_records, plots, leaderboard_dir)
         md = leaderboard_dir / f"{pair}.md"
-        write_text_atomic(md, markdown(pair, part, description, records))
+        write_text_atomic(md, text)
         csv = leaderboard_dir / f"{pair}.csv"
         write_text_atomic(csv, part.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         written += [md, csv]
-        bench = benchmark_frame(part, [r for r in records if r["pair"]["name"] == pair])
+        bench = benchmark_frame(part, pair_records)
         if not bench.empty:
             path = leaderboard_dir / f"{pair}_benchmarks.csv"
             write_text_atomic(path, bench.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
             written.append(path)
+        if diffs:
+            path = leaderboard_dir / f"{pair}_differences.csv"
+            write_text_atomic(path, pd.DataFrame(diffs).to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+            written.append(path)
+        written.append(render_report(pair, pair_records, plots, leaderboard_dir, description, tables=tables))
+    summary = summary_frame(records)
+    if not summary.empty:
+        for path, text in ((leaderboard_dir / "summary.md", summary_markdown(summary)),
+                           (leaderboard_dir / "summary.csv",
+                            summary.to_csv(index=False, float_format="%.6g", lineterminator="\n"))):
+            write_text_atomic(path, text)
+            written.append(path)
+    written.append(render_index(pairs, None if summary.empty else summary, leaderboard_dir))
     return written

@@ -42,3 +42,38 @@ def paired_difference(run_dir: Path, a: str, b: str, metric: str) -> dict:
     mean = sum(diffs) / n
     se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
     return {"metric": metric, "a": a, "b": b, "mean_difference": mean, "se": se, "n": n}
+
+
+# ---------------------------------------------------------------- bootstrap and seeds
+
+N_BOOT = 2000
+
+
+def bootstrap_indices(n: int, seed_text: str, n_boot: int = N_BOOT):
+    """Resampling indices (n_boot × n), seeded by a text so that every comparison is reproducible and all the
+    pairs compared on one column share the same resamples."""
+    import numpy as np
+
+    from harness.cache import stable_hash
+
+    rng = np.random.default_rng(int(stable_hash(seed_text)[:12], 16))
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def paired_bootstrap(a, b, indices) -> dict:
+    """Mean of (a - b) over questions, with the 95% percentile interval of that mean over resampled questions.
+    ``a`` and ``b`` are aligned per question: their difference cancels what makes a question hard."""
+    import numpy as np
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    means = d[indices].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "n": int(d.size)}
+
+
+def seed_spread(values: list[float]) -> dict:
+    """Mean and sample standard deviation across seeds (the spread a reader should expect from a re-run)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "seeds": n}

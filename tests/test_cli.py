@@ -170,3 +170,28 @@ def test_bench_eval_needs_a_finished_run(tmp_path, shared_dir):
     code, out = bench("eval", "--benchmarks", "alpaca_eval", "--judge", "local:teacher", "--data-dir",
                       str(shared_dir), "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "c"))
     assert_clean_error(code, out, "No results under", "bench run")
+
+
+def test_leaderboard_regenerates_every_page_and_screenshots_the_reports(tmp_path):
+    import os
+
+    from harness.report import browser_missing
+    from tests.fixtures.results_tree import build_results
+
+    if browser_missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs Chromium (make browser): {browser_missing()}")
+        pytest.skip(browser_missing())
+    results = build_results(tmp_path)
+    code, out = bench("leaderboard", "--results-dir", str(results), "--leaderboard-dir", str(tmp_path / "lb"),
+                      "--screenshot", str(tmp_path / "shots"))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert f"leaderboard: {tmp_path / 'lb' / 'toy-a.html'}" in lines and f"leaderboard: {tmp_path / 'lb' / 'index.html'}" in lines
+    # 2 runs of toy-a with 7 plots each, 1 of toy-b with 3, in PNG and SVG: counted, not listed
+    assert f"plots: 34 files under {tmp_path / 'lb' / 'plots'}" in lines
+    assert not any(line.endswith((".png", ".svg")) and line.startswith("leaderboard:") for line in lines)
+    for pair in ("toy-a", "toy-b"):
+        png = (tmp_path / "shots" / f"{pair}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1400  # the IHDR width
+        assert f"screenshot: {tmp_path / 'shots' / f'{pair}.png'}" in lines

@@ -51,3 +51,40 @@ def test_mismatched_rows_and_bad_names(run_dir):
         paired_difference(run_dir, "a", "b", "bleu")
     with pytest.raises(BenchError, match="No per-example record for 'zz'.*Rows in this run: a, b, c"):
         paired_difference(run_dir, "zz", "a", "nll_chosen")
+
+
+# ---------------------------------------------------------------- bootstrap and seeds
+
+
+def test_paired_bootstrap_of_two_questions_enumerates_by_hand():
+    from harness.stats import bootstrap_indices, paired_bootstrap
+
+    # differences (1, 3): a resample of two draws has mean 1 (p 1/4), 2 (p 1/2) or 3 (p 1/4), so the 2.5% and
+    # 97.5% percentiles are 1 and 3, and the point estimate is the plain mean 2
+    out = paired_bootstrap([2.0, 5.0], [1.0, 2.0], bootstrap_indices(2, "hand"))
+    assert out == {"difference": 2.0, "ci95_low": 1.0, "ci95_high": 3.0, "n": 2}
+
+
+def test_paired_bootstrap_cancels_what_both_rows_share():
+    from harness.stats import bootstrap_indices, paired_bootstrap
+
+    # very different questions, the same gap on each: the interval collapses onto the gap
+    a = [90.0, 10.0, 55.0, 30.0]
+    out = paired_bootstrap(a, [x - 5 for x in a], bootstrap_indices(4, "gap"))
+    assert out["difference"] == pytest.approx(5.0) and out["ci95_low"] == pytest.approx(5.0)
+    assert out["ci95_high"] == pytest.approx(5.0)
+
+
+def test_bootstrap_indices_are_seeded_by_their_text():
+    from harness.stats import bootstrap_indices
+
+    assert (bootstrap_indices(5, "x") == bootstrap_indices(5, "x")).all()
+    assert not (bootstrap_indices(5, "x") == bootstrap_indices(5, "y")).all()
+    assert bootstrap_indices(5, "x").shape == (2000, 5)
+
+
+def test_seed_spread_by_hand():
+    from harness.stats import seed_spread
+
+    assert seed_spread([0.75, 0.5]) == {"mean": 0.625, "sd": pytest.approx(0.25 / math.sqrt(2)), "seeds": 2}
+    assert seed_spread([3.0]) == {"mean": 3.0, "sd": None, "seeds": 1}
