@@ -426,7 +426,13 @@ def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
     budget = group[0]["budget"]["name"]
     scope = f"seeds:{budget}:{','.join(map(str, seeds))}"
     section = f"Budget `{budget}` across seeds {', '.join(map(str, seeds))} (runs {', '.join(runs)})"
+    # A spread needs every seed: rows run with only some of them stay in their runs' tables, and so do columns
+    # (benchmarks) scored on one seed only.
+    counts = pd.Series([r["row"] for r in group]).value_counts()
+    partial = sorted(counts.index[counts < len(runs)])
+    group = [r for r in group if r["row"] not in partial]
     columns, values = seed_values(group)
+    columns = [c for c in columns if max(len(v) for v in values[c["key"]].values()) == len(runs)]
     notes: dict[str, int] = {}
     for col in columns:
         if col["description"]:
@@ -454,10 +460,11 @@ def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
         scope, "seeds", "Mean and spread across seeds", header, body, section=section,
         intro="Mean ± standard deviation across seeds (the spread to expect from re-running with another seed); "
               "the number of seeds behind a cell is given where it is fewer than all. **Bold**: best trained "
-              "method by mean.",
+              "method by mean." + (f" Rows run with only some of the seeds ({', '.join(partial)}) are in their "
+                                   "runs' tables above." if partial else ""),
         notes=[f"[{n}] {d}." for d, n in notes.items()])
     part = pd.DataFrame({"row": rows, "kind": [kinds[r] for r in rows]})
-    model, diffs = differences_table(scope, part, group, notes)
+    model, diffs = differences_table(scope, part, group, notes, min_runs=len(runs))
     models = [seed_table]
     if model:
         model.update(section=section, title="Paired differences from the best method (question scores averaged "
@@ -522,20 +529,24 @@ def question_columns(rec: dict) -> list[tuple[dict, dict[str, float]]]:
     return out
 
 
-def scope_scores(records: list[dict]) -> tuple[list[dict], dict[str, dict[str, dict[str, float]]]]:
+def scope_scores(records: list[dict], min_runs: int = 1) -> tuple[list[dict], dict[str, dict[str, dict[str, float]]]]:
     """Columns and {column: {row: {question: score}}} over a scope: one run, or the runs of several seeds, where a
-    question's score is its mean over the seeds that scored it."""
+    question's score is its mean over the seeds that scored it; only columns some row has from ``min_runs`` runs."""
     columns: dict[str, dict] = {}
     sums: dict[str, dict[str, dict[str, list[float]]]] = {}
+    runs: dict[str, set[tuple[str, str]]] = {}
     for rec in records:
         for col, scores in question_columns(rec):
             columns.setdefault(col["id"], col)
+            runs.setdefault(col["id"], set()).add((rec["row"], rec["run"]))
             per_row = sums.setdefault(col["id"], {}).setdefault(rec["row"], {})
             for q, v in scores.items():
                 per_row.setdefault(q, []).append(v)
-    means = {c: {row: {q: sum(v) / len(v) for q, v in qs.items()} for row, qs in rows.items()}
-             for c, rows in sums.items()}
-    return sorted(columns.values(), key=lambda c: c["order"]), means
+    keep = [c for c in columns.values()
+            if max(pd.Series([row for row, _ in runs[c["id"]]]).value_counts()) >= min_runs]
+    means = {c["id"]: {row: {q: sum(v) / len(v) for q, v in qs.items()} for row, qs in sums[c["id"]].items()}
+             for c in keep}
+    return sorted(keep, key=lambda c: c["order"]), means
 
 
 def paired_differences(scope: str, columns: list[dict], scores: dict) -> list[dict]:
@@ -611,11 +622,12 @@ def md_table(model: dict) -> list[str]:
 MISSING = {"text": "–", "value": None, "best": False}
 
 
-def differences_table(scope: str, part: pd.DataFrame, records: list[dict],
-                      notes: dict[str, int]) -> tuple[dict | None, list[dict]]:
+def differences_table(scope: str, part: pd.DataFrame, records: list[dict], notes: dict[str, int],
+                      min_runs: int = 1) -> tuple[dict | None, list[dict]]:
     """Each row against the best trained method of every column, with paired bootstrap intervals (a table
-    model); and all the pairwise differences (for the CSV)."""
-    columns, scores = scope_scores(records)
+    model); and all the pairwise differences (for the CSV). Columns that no row has from ``min_runs`` runs are
+    left out (a seed group's benchmarks scored on one seed only)."""
+    columns, scores = scope_scores(records, min_runs)
     diffs = paired_differences(scope, columns, scores)
     if not diffs:
         return None, diffs

@@ -359,3 +359,25 @@ def test_toy_tree_regenerates_to_identical_bytes(toy_boards, tmp_path):
     assert [p.relative_to(tmp_path / "leaderboards") for p in again] == [p.relative_to(boards) for p in written]
     for p in written:
         assert p.read_bytes() == (tmp_path / "leaderboards" / p.relative_to(boards)).read_bytes(), p
+
+
+def test_seed_tables_keep_only_rows_and_columns_with_every_seed(tmp_path):
+    import shutil
+
+    from tests.fixtures.results_tree import build_results
+
+    results = build_results(tmp_path)
+    shutil.rmtree(results / "toy-a" / "tiny-seed1" / "sft")  # sft ran with seed 0 only
+    for row in ("teacher", "student-init", "dpo"):  # benchmarks scored on seed 0 only
+        shutil.rmtree(results / "toy-a" / "tiny-seed1" / row / "benchmarks")
+    regenerate(results, tmp_path / "lb")
+    text = (tmp_path / "lb" / "toy-a.md").read_text()
+    section = text[text.index("## Budget `tiny` across seeds 0, 1"):]
+    assert "Rows run with only some of the seeds (sft) are in their runs' tables above." in section
+    seeds = md_rows(section, "### Mean and spread across seeds")
+    assert list(seeds) == ["*teacher*", "*student-init*", "dpo"]
+    assert seeds["dpo"] == ["**0.875 ± 0.177**", "**0.625 ± 0.177**", "**2.375 ± 0.177**", "**18.750 ± 1.768**"]
+    header = section[section.index("| model"):].split("\n")[0]
+    assert "MT-Bench" not in header and "AlpacaEval" not in header
+    diffs = md_rows(section, "### Paired differences from the best method (question scores averaged over seeds)")
+    assert list(diffs) == ["*teacher*", "*student-init*", "dpo"] and len(diffs["dpo"]) == 4
