@@ -469,6 +469,9 @@ def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
     if model:
         model.update(section=section, title="Paired differences from the best method (question scores averaged "
                                             "over seeds)")
+        model["notes"].append("Each seed draws its own held-out rows, so for the offline metrics the i-th rows of "
+                              "the seeds are averaged together; all rows of one seed answered the same ones, so "
+                              "the differences stay paired. Benchmark questions are the same on every seed.")
         models.append(model)
     return models, [{"pair": pair, "scope": scope, **d} for d in diffs]
 
