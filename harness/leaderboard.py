@@ -7,12 +7,15 @@ twice gives the same bytes.
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
 from harness.cache import stable_hash, write_text_atomic
 from harness.errors import BenchError
+from harness.questions import question_scores
+from harness.stats import N_BOOT, ROW_METRICS, bootstrap_indices, paired_bootstrap, seed_spread
 
 # name, label, higher is better
 METRICS = [
@@ -419,8 +422,6 @@ def seed_values(group: list[dict]) -> tuple[list[dict], dict[str, dict[str, list
 def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
     """Table models for a seed group (mean ± sd across seeds, then paired differences over seed-averaged
     question scores), and those differences for the CSV."""
-    from harness.stats import seed_spread
-
     runs = sorted({r["run"] for r in group})
     seeds = sorted({r["seed"] for r in group})
     budget = group[0]["budget"]["name"]
@@ -500,9 +501,6 @@ def _jsonl(path: Path) -> list[dict]:
 def question_columns(rec: dict) -> list[tuple[dict, dict[str, float]]]:
     """A row's per-question scores: (column, {question id: score}) for each offline metric it reports (held-out
     rows from per_example.jsonl and answers.jsonl) and each judged benchmark result."""
-    from harness.questions import question_scores
-    from harness.stats import ROW_METRICS
-
     row_dir = Path(rec["_dir"])
     examples = _jsonl(row_dir / "per_example.jsonl")
     answers = _jsonl(row_dir / "answers.jsonl")
@@ -555,10 +553,6 @@ def scope_scores(records: list[dict], min_runs: int = 1) -> tuple[list[dict], di
 def paired_differences(scope: str, columns: list[dict], scores: dict) -> list[dict]:
     """Every pair of rows on every column: mean difference (a - b) over the questions both have, with a 95%
     paired bootstrap interval. Resamples are seeded by scope and column, so the output is reproducible."""
-    from itertools import combinations
-
-    from harness.stats import bootstrap_indices, paired_bootstrap
-
     out = []
     for col in columns:
         by_row = scores[col["id"]]
@@ -650,18 +644,12 @@ def differences_table(scope: str, part: pd.DataFrame, records: list[dict], notes
              "cells": [cells[c["id"]].get(row, MISSING) for c in columns]} for row in rows]
     explain = ("Each cell is the row minus the column's best trained method, averaged over the questions (held-out "
                "rows for the offline metrics) both answered, with a 95% paired bootstrap interval over those "
-               f"questions ({_n_boot()} resamples). \\* the interval excludes 0: a difference beyond resampling "
+               f"questions ({N_BOOT} resamples). \\* the interval excludes 0: a difference beyond resampling "
                "noise over questions (not over training seeds). Where methods tie for best, the first by name is marked."
                + (" Arena-Hard here is the share of weighted battles won, the per-question quantity behind its "
                   "score." if any(c["id"].startswith("arena_hard") for c in columns) else ""))
     return table_model(scope, "differences", "Paired differences from the best method", header, body,
                        notes=[explain]), diffs
-
-
-def _n_boot() -> int:
-    from harness.stats import N_BOOT
-
-    return N_BOOT
 
 
 # ---------------------------------------------------------------- cross-pair summary
