@@ -30,7 +30,7 @@ import pandas as pd
 
 from harness.cache import write_text_atomic
 from harness.errors import BenchError
-from harness.leaderboard import BENCHMARK_ORDER, METRICS, benchmark_columns, frame, variant
+from harness.leaderboard import BENCHMARK_ORDER, METRICS, benchmark_columns, best_of, frame, variant
 
 CHROMIUM = os.environ.get("BENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("BENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -167,11 +167,6 @@ def _tr(row: str, kind: str, cells: list[str]) -> str:
     return f'<tr data-row="{_e(row)}" data-kind="{_e(kind)}" class="{cls}">{_row_head(row, kind)}{"".join(cells)}</tr>'
 
 
-def _discriminates(values: list[float]) -> bool:
-    """Whether a column has a best trained method worth marking: not when two or more methods all tie."""
-    return bool(values) and (len(values) == 1 or len(set(values)) > 1)
-
-
 def _glue(label: str) -> str:
     """A header label whose trailing arrow never wraps onto a line of its own."""
     return re.sub(r" ([\u2191\u2193])$", "\u00a0\\1", label)
@@ -207,8 +202,7 @@ def metrics_table(part: pd.DataFrame, slug: str) -> str:
     best = {}
     for name, _, higher in METRICS:
         values = [v for v in map(_num, trained[name]) if v is not None]
-        if _discriminates(values):
-            best[name] = max(values) if higher else min(values)
+        best[name] = best_of(values, higher)
     head = [_th("model", "row", False)]
     for name, label, higher in METRICS:
         head.append(_th(f'{_e(_glue(label))}<span class="n">n={_e(_ns(part, name + "_n"))}</span>', name, True,
@@ -220,7 +214,7 @@ def metrics_table(part: pd.DataFrame, slug: str) -> str:
     for _, r in part.iterrows():
         cells = []
         for name, _, _ in METRICS:
-            is_best = r["kind"] == "method" and name in best and _num(r[name]) == best[name]
+            is_best = r["kind"] == "method" and best[name] is not None and _num(r[name]) == best[name]
             cells.append(_td(_fmt_metric(r[name], r[f"{name}_se"]), name, r[name], is_best))
         for key, _, how in COMPUTE:
             value = r[key] if key in r else None
@@ -261,8 +255,7 @@ def benchmark_table(part: pd.DataFrame, records: list[dict], slug: str) -> str:
     for col in columns:
         values = [_num(c.get("value")) for (k, row), c in cells.items() if k == col["key"] and row in methods]
         values = [v for v in values if v is not None]
-        if _discriminates(values):
-            best[col["key"]] = max(values)
+        best[col["key"]] = best_of(values)
     body = []
     for _, r in part.iterrows():
         row_cells = [cells.get((col["key"], r["row"])) for col in columns]
