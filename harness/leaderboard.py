@@ -7,6 +7,7 @@ twice gives the same bytes.
 from __future__ import annotations
 
 import json
+import math
 from itertools import combinations
 from pathlib import Path
 
@@ -154,16 +155,45 @@ def benchmark_columns(part: pd.DataFrame, records: list[dict]) -> tuple[list[dic
     return ordered, cells
 
 
-def _interval(cell: dict) -> str:
-    value = cell.get("value")
-    if value is None or pd.isna(value):
+def finite(value) -> float | None:
+    """A finite float, or None for what a table shows as missing (None, NaN, pandas NA, inf, non-numbers)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# The cell texts of the Markdown board and the HTML report, so that the two always read the same.
+def fmt_value(value, se) -> str:
+    v, s = finite(value), finite(se)
+    return "–" if v is None else f"{v:.3f}" + ("" if s is None else f" ± {s:.3f}")
+
+
+def fmt_interval(cell: dict) -> str:
+    """A benchmark cell: value ± se, or value [95% interval]."""
+    v, se, ci = finite(cell.get("value")), finite(cell.get("se")), cell.get("ci")
+    if v is None:
         return "–"
-    text = f"{value:.2f}"
-    if cell.get("se") is not None and not pd.isna(cell["se"]):
-        text += f" ± {cell['se']:.2f}"
-    elif cell.get("ci"):
-        text += f" [{cell['ci'][0]:.1f}, {cell['ci'][1]:.1f}]"
+    text = f"{v:.2f}"
+    if se is not None:
+        text += f" ± {se:.2f}"
+    elif ci and finite(ci[0]) is not None and finite(ci[1]) is not None:
+        text += f" [{finite(ci[0]):.1f}, {finite(ci[1]):.1f}]"
     return text
+
+
+def fmt_compute(name: str, value) -> str:
+    v = finite(value)
+    if v is None:
+        return "–"
+    if name == "wall_clock_s":
+        return f"{v:.0f}"
+    if name == "flops_estimate":
+        return f"{v / 1e12:.1f}"
+    return f"{int(v):,}"
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
@@ -186,17 +216,6 @@ def frame(records: list[dict]) -> pd.DataFrame:
         return df
     df["_order"] = df["row"].map(lambda r: REFERENCE_ORDER.get(r, 2))
     return df.sort_values(["pair", "run", "_order", "row"]).drop(columns="_order").reset_index(drop=True)
-
-
-def _cell(value, se, best: bool) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    text = f"{value:.3f}" + ("" if se is None or pd.isna(se) else f" ± {se:.3f}")
-    return f"**{text}**" if best else text
-
-
-def _int(v) -> str:
-    return "–" if v is None or pd.isna(v) else f"{int(v):,}"
 
 
 def benchmark_table(part: pd.DataFrame, records: list[dict], notes: dict[str, int] | None = None) -> list[str]:
@@ -225,7 +244,7 @@ def benchmark_table(part: pd.DataFrame, records: list[dict], notes: dict[str, in
             continue
         out = [f"*{r['row']}*" if r["kind"] == "reference" else r["row"]]
         for col, cell in zip(columns, row_cells):
-            text = _interval(cell) if cell else "–"
+            text = fmt_interval(cell) if cell else "–"
             if cell and r["kind"] == "method" and cell.get("value") is not None \
                     and cell.get("value") == best.get(col["key"]):
                 text = f"**{text}**"
@@ -283,16 +302,6 @@ COMPUTE = [("optimizer_steps", "steps"), ("student_tokens_trained", "student tok
            ("wall_clock_s", "train s"), ("flops_estimate", "TFLOP (est.)")]
 
 
-def _compute_cell(name: str, value) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    if name == "wall_clock_s":
-        return f"{value:.0f}"
-    if name == "flops_estimate":
-        return f"{value / 1e12:.1f}"
-    return _int(value)
-
-
 def run_table(part: pd.DataFrame) -> list[str]:
     """Offline metrics (± s.e., best trained method bold) and the compute each row used."""
     best = {}
@@ -304,9 +313,10 @@ def run_table(part: pd.DataFrame) -> list[str]:
     for _, r in part.iterrows():
         cells = [f"*{r['row']}*" if r["kind"] == "reference" else r["row"]]
         for name, _, _ in METRICS:
-            cells.append(_cell(r[name], r[f"{name}_se"], r["kind"] == "method" and best[name] is not None
-                               and r[name] == best[name]))
-        cells += [_compute_cell(name, r[name]) for name, _ in COMPUTE]
+            text = fmt_value(r[name], r[f"{name}_se"])
+            is_best = r["kind"] == "method" and best[name] is not None and r[name] == best[name]
+            cells.append(f"**{text}**" if is_best else text)
+        cells += [fmt_compute(name, r[name]) for name, _ in COMPUTE]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

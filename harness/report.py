@@ -30,7 +30,18 @@ import pandas as pd
 
 from harness.cache import write_text_atomic
 from harness.errors import BenchError
-from harness.leaderboard import BENCHMARK_ORDER, METRICS, benchmark_columns, best_of, frame, variant
+from harness.leaderboard import (
+    BENCHMARK_ORDER,
+    METRICS,
+    benchmark_columns,
+    best_of,
+    finite,
+    fmt_compute,
+    fmt_interval,
+    fmt_value,
+    frame,
+    variant,
+)
 
 CHROMIUM = os.environ.get("BENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("BENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -50,14 +61,14 @@ SCORE_NOTES = {
                        "are the weighted battles, a strong verdict counting three times.",
     "rm_winrate": "Score: 100 when the reward model prefers the row's answer to the reference row's, 0 when not.",
 }
-COMPUTE = [  # frame column, header, format
-    ("optimizer_steps", "steps", "int"),
-    ("student_tokens_trained", "student tokens", "int"),
-    ("teacher_forward_tokens", "teacher tokens", "int"),
-    ("reference_forward_tokens", "reference tokens", "int"),
-    ("generated_tokens", "generated tokens", "int"),
-    ("wall_clock_s", "train s", "seconds"),
-    ("flops_estimate", "TFLOP (est.)", "tflop"),
+COMPUTE = [  # frame column, header
+    ("optimizer_steps", "steps"),
+    ("student_tokens_trained", "student tokens"),
+    ("teacher_forward_tokens", "teacher tokens"),
+    ("reference_forward_tokens", "reference tokens"),
+    ("generated_tokens", "generated tokens"),
+    ("wall_clock_s", "train s"),
+    ("flops_estimate", "TFLOP (est.)"),
 ]
 METRIC_NOTES = {
     "pref_acc": "share of held-out pairs where the model gives the chosen response a higher length-normalised "
@@ -77,19 +88,8 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _num(value) -> float | None:
-    """A finite float, or None for missing values (None, NaN, pandas NA, non-numbers)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _sort_value(value) -> str:
-    v = _num(value)
+    v = finite(value)
     if v is None:
         return ""
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
@@ -172,27 +172,8 @@ def _glue(label: str) -> str:
     return re.sub(r" ([\u2191\u2193])$", "\u00a0\\1", label)
 
 
-def _fmt_metric(value, se) -> str:
-    v = _num(value)
-    if v is None:
-        return "\u2013"
-    s = _num(se)
-    return f"{v:.3f}" + ("" if s is None else f" \u00b1 {s:.3f}")
-
-
-def _fmt_compute(value, how: str) -> str:
-    v = _num(value)
-    if v is None:
-        return "\u2013"
-    if how == "int":
-        return f"{int(v):,}"
-    if how == "seconds":
-        return f"{v:.0f}"
-    return f"{v / 1e12:.1f}"
-
-
 def _ns(part: pd.DataFrame, column: str) -> str:
-    ns = sorted({int(v) for v in part[column] if _num(v) is not None})
+    ns = sorted({int(v) for v in part[column] if finite(v) is not None})
     return "/".join(map(str, ns)) if ns else "\u2013"
 
 
@@ -201,40 +182,27 @@ def metrics_table(part: pd.DataFrame, slug: str) -> str:
     trained = part[part["kind"] == "method"]
     best = {}
     for name, _, higher in METRICS:
-        values = [v for v in map(_num, trained[name]) if v is not None]
+        values = [v for v in map(finite, trained[name]) if v is not None]
         best[name] = best_of(values, higher)
     head = [_th("model", "row", False)]
     for name, label, higher in METRICS:
         head.append(_th(f'{_e(_glue(label))}<span class="n">n={_e(_ns(part, name + "_n"))}</span>', name, True,
                         f"{METRIC_NOTES.get(name, name)}; {'higher' if higher else 'lower'} is better; "
                         "value \u00b1 one standard error"))
-    for key, label, _ in COMPUTE:
+    for key, label in COMPUTE:
         head.append(_th(_e(label), key, True, key))
     body = []
     for _, r in part.iterrows():
         cells = []
         for name, _, _ in METRICS:
-            is_best = r["kind"] == "method" and best[name] is not None and _num(r[name]) == best[name]
-            cells.append(_td(_fmt_metric(r[name], r[f"{name}_se"]), name, r[name], is_best))
-        for key, _, how in COMPUTE:
+            is_best = r["kind"] == "method" and best[name] is not None and finite(r[name]) == best[name]
+            cells.append(_td(fmt_value(r[name], r[f"{name}_se"]), name, r[name], is_best))
+        for key, _ in COMPUTE:
             value = r[key] if key in r else None
-            cells.append(_td(_fmt_compute(value, how), key, value))
+            cells.append(_td(fmt_compute(key, value), key, value))
         body.append(_tr(r["row"], r["kind"], cells))
     return (f'<div class="table-scroll"><table class="sortable metrics" id="metrics-{slug}">'
             f"<thead><tr>{''.join(head)}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
-
-
-def _fmt_interval(cell: dict) -> str:
-    v = _num(cell.get("value"))
-    if v is None:
-        return "\u2013"
-    text = f"{v:.2f}"
-    se, ci = _num(cell.get("se")), cell.get("ci")
-    if se is not None:
-        text += f" \u00b1 {se:.2f}"
-    elif ci and _num(ci[0]) is not None and _num(ci[1]) is not None:
-        text += f" [{_num(ci[0]):.1f}, {_num(ci[1]):.1f}]"
-    return text
 
 
 def benchmark_table(part: pd.DataFrame, records: list[dict], slug: str) -> str:
@@ -253,7 +221,7 @@ def benchmark_table(part: pd.DataFrame, records: list[dict], slug: str) -> str:
     methods = set(part.loc[part["kind"] == "method", "row"])
     best = {}
     for col in columns:
-        values = [_num(c.get("value")) for (k, row), c in cells.items() if k == col["key"] and row in methods]
+        values = [finite(c.get("value")) for (k, row), c in cells.items() if k == col["key"] and row in methods]
         values = [v for v in values if v is not None]
         best[col["key"]] = best_of(values)
     body = []
@@ -263,9 +231,9 @@ def benchmark_table(part: pd.DataFrame, records: list[dict], slug: str) -> str:
             continue
         out = []
         for i, (col, cell) in enumerate(zip(columns, row_cells)):
-            value = _num(cell.get("value")) if cell else None
+            value = finite(cell.get("value")) if cell else None
             is_best = r["kind"] == "method" and value is not None and value == best.get(col["key"])
-            out.append(_td(_fmt_interval(cell) if cell else "\u2013", f"b{i}", value, is_best))
+            out.append(_td(fmt_interval(cell) if cell else "\u2013", f"b{i}", value, is_best))
         body.append(_tr(r["row"], r["kind"], out))
     foot = "".join(f'<li id="note-{slug}-{n}" value="{n}">{_e(d)}.</li>' for d, n in notes.items())
     return (f'<div class="table-scroll"><table class="sortable benchmarks" id="benchmarks-{slug}">'
@@ -421,9 +389,9 @@ def _viewer_data(run: str, part: pd.DataFrame, records: list[dict], caps: _Caps,
                     q = bench["questions"].setdefault(qid, {"id": qid, "question": None, "category": None,
                                                             "reference_answer": None, "answers": {}})
                 entry = {"answer": caps.text(item.get("answer")), "rationale": caps.text(item.get("rationale")),
-                         "score": _num(item.get("score")), "outcomes": [str(o) for o in item.get("outcomes") or []]}
-                if _num(item.get("expected_score")) is not None:
-                    entry["expected_score"] = _num(item["expected_score"])
+                         "score": finite(item.get("score")), "outcomes": [str(o) for o in item.get("outcomes") or []]}
+                if finite(item.get("expected_score")) is not None:
+                    entry["expected_score"] = finite(item["expected_score"])
                 for field in ("question", "category", "reference_answer"):
                     value = item.get(field)
                     if value is None:
@@ -810,7 +778,7 @@ def _fmt_generic(value) -> str:
         return "\u2013"
     if isinstance(value, bool):
         return str(value)
-    v = _num(value)
+    v = finite(value)
     if v is None or isinstance(value, str):
         return str(value)
     if v.is_integer() and abs(v) < 1e15:
@@ -824,7 +792,7 @@ def _numeric_column(series: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(series):
         return True
     values = [v for v in series if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(values) and all(_num(v) is not None and not isinstance(v, str) for v in values)
+    return bool(values) and all(finite(v) is not None and not isinstance(v, str) for v in values)
 
 
 def summary_table(summary: pd.DataFrame) -> str:
