@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.cache import stable_hash, write_text_atomic
 from harness.errors import BenchError
-from harness.questions import question_scores
+from harness.questions import question_scores, read_jsonl
 from harness.stats import N_BOOT, ROW_METRICS, bootstrap_indices, paired_bootstrap, seed_spread
 
 # name, label, higher is better
@@ -508,17 +508,12 @@ QUESTION_COLUMNS = {
 }
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.exists() else []
-
-
 def question_columns(rec: dict) -> list[tuple[dict, dict[str, float]]]:
     """A row's per-question scores: (column, {question id: score}) for each offline metric it reports (held-out
     rows from per_example.jsonl and answers.jsonl) and each judged benchmark result."""
     row_dir = Path(rec["_dir"])
-    examples = _jsonl(row_dir / "per_example.jsonl")
-    answers = _jsonl(row_dir / "answers.jsonl")
+    examples = read_jsonl(row_dir / "per_example.jsonl")
+    answers = read_jsonl(row_dir / "answers.jsonl")
     out = []
     for position, (name, label, higher) in enumerate(METRICS):
         if name not in (rec.get("metrics") or {}):

@@ -23,7 +23,11 @@ def judgments_path(result: dict, row_dir: Path) -> Path:
 
 
 def read_judgments(result: dict, row_dir: Path) -> list[dict]:
-    path = judgments_path(result, row_dir)
+    return read_jsonl(judgments_path(result, row_dir))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a results JSONL file, [] if it is absent; a broken line is named in the error."""
     if not path.exists():
         return []
     lines = []
@@ -32,7 +36,7 @@ def read_judgments(result: dict, row_dir: Path) -> list[dict]:
             try:
                 lines.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise BenchError(f"{path}:{n} is not valid JSON ({e.msg}); re-run the `bench eval` that wrote it.") \
+                raise BenchError(f"{path}:{n} is not valid JSON ({e.msg}); re-run the command that wrote it.") \
                     from None
     return lines
 
