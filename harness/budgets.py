@@ -37,6 +37,8 @@ class Budget:
     eval_examples: int = 50  # held-out preference rows for the offline metrics
     gen_eval_examples: int = 16  # held-out prompts answered greedily for ROUGE-L
     teacher_top_k: int = 50  # teacher log-probs kept per position (plus a rest bucket)
+    teacher_topk_dtype: str = "float32"  # how the cached top-k log-probs are stored: float32 (exact),
+    # float16 or bfloat16 (half the value bytes; harness/topk_store.py states their rounding)
     warmstart_steps: int = 0  # shared student SFT warm-start before any method (0 = off)
     save_checkpoints: bool = True
 
@@ -53,6 +55,9 @@ class Budget:
             )
         if self.max_steps is not None and self.max_steps < 1:
             raise BenchError(f"Budget {self.name!r}: max_steps must be at least 1 when set.")
+        if self.teacher_topk_dtype not in ("float32", "float16", "bfloat16"):
+            raise BenchError(f"Budget {self.name!r}: teacher_topk_dtype must be float32, float16 or bfloat16, got "
+                             f"{self.teacher_topk_dtype!r} (float32 stores the teacher's log-probs exactly).")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise BenchError(f"Budget {self.name!r}: lr_schedule must be cosine, linear or constant.")
         if not 0 <= self.warmup_ratio < 1:

@@ -47,6 +47,11 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def partial(self, stage: str, key: str) -> Path:
+        """Work in progress on a stage that must survive a kill (training checkpoints, generation journals); the
+        stage removes it once its output is in place."""
+        return self.root / stage / f".partial-{key}"
+
     def has(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / DONE).exists()
 

@@ -12,6 +12,11 @@ from pathlib import Path
 import click
 
 from harness.errors import BenchError
+from harness.lock import results_lock
+
+
+def _command() -> str:
+    return "bench " + shlex.join(sys.argv[1:])
 
 
 def _parse_value(text: str):
@@ -29,6 +34,33 @@ def _parse_assignments(items: tuple[str, ...], what: str) -> dict:
             raise BenchError(f"{what} {item!r} is not of the form name=value.")
         out[key.strip()] = _parse_value(value)
     return out
+
+
+def _check_types(cls, values: dict, flag: str, prefix: str = "", what: str | None = None) -> None:
+    """A value of the wrong type (``--set max_steps=abc``) is named here, before a dataclass compares it with a
+    number and fails with a TypeError. Fields whose type is not a plain scalar are left to the class; unknown
+    fields too, unless ``what`` names the class for a message that lists its fields."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        hint = hints.get(key)
+        if hint is None and what:
+            raise BenchError(f"Unknown {what} field {key!r} in {flag} {prefix}{key}={json.dumps(value)}. Its fields: "
+                             f"{', '.join(hints)}.")
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if not allowed or not all(t in (int, float, bool, str, type(None)) for t in allowed):
+            continue  # unknown field (the class names it) or a type this check does not know
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        ok = ok or (float in allowed and type(value) is int)  # 1 is a fine learning rate
+        if not ok:
+            names = " or ".join({int: "an integer", float: "a number", bool: "true/false", str: "text",
+                                 type(None): "null"}[t] for t in allowed)
+            example = getattr(cls, key, None)  # the class default, when it has one
+            raise BenchError(f"{flag} {prefix}{key}={json.dumps(value)}: {key} takes {names}, not "
+                             f"{type(value).__name__}. Write the value as JSON, e.g. {flag} {prefix}{key}="
+                             f"{json.dumps(1 if example is None else example)}.")
 
 
 class BenchGroup(click.Group):
@@ -132,17 +164,28 @@ def main():
 @click.option("--benchmarks", default=None,
               help="Also score every row on these benchmarks after training (as `bench eval`), e.g. "
                    "mt_bench,alpaca_eval,arena_hard with --judge.")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Train each method on N processes (CPU: torchrun with gloo; GPU: one per GPU). The budget is "
+                   "global, so N processes train on the same rows as one; grad_accum must be a multiple of N.")
+@click.option("--accelerate-config", default=None,
+              help="GPU training preset (ddp, fsdp, deepspeed-zero3; see harness/accelerate_configs/) or an "
+                   "accelerate config file; launches through `accelerate launch`.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Save a resumable training checkpoint every N optimizer steps (default: every 10 minutes). "
+                   "A killed run resumes from it when the same command is run again.")
 @_eval_options
 def run(methods, pair, teacher, student, budget_name, budget_set, method_set, seed, data_dir, dataset, run_name,
-        results_dir, leaderboard_dir, cache_dir, benchmarks, **eval_kw):
+        results_dir, leaderboard_dir, cache_dir, benchmarks, processes, accelerate_config, checkpoint_every,
+        **eval_kw):
     """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
     leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
-    from harness.budgets import get_budget
+    from harness.budgets import Budget, get_budget
     from harness.cache import default_cache_dir
     from harness.data import data_dir_from_env
+    from harness.distributed import Launcher
     from harness.leaderboard import regenerate
     from harness.pairs import adhoc_pair, get_pair
-    from harness.pipeline import RunOptions, check_writable
+    from harness.pipeline import MethodsFailed, RunOptions, check_writable
     from harness.pipeline import run as run_pipeline
 
     if (teacher is None) != (student is None):
@@ -151,6 +194,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         raise BenchError("Give either --pair or --teacher/--student, not both.")
     the_pair = adhoc_pair(teacher, student) if teacher else get_pair(pair or "smollm2-135m")
     overrides = _parse_assignments(budget_set, "--set")
+    _check_types(Budget, overrides, "--set", what="budget")
     if seed is not None:
         overrides["seed"] = seed
     budget = get_budget(budget_name).with_overrides(**overrides) if overrides else get_budget(budget_name)
@@ -160,12 +204,17 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         if not dot:
             raise BenchError(f"--option {key!r} must name METHOD.FIELD, e.g. dpo.beta=0.05.")
         method_options.setdefault(method, {})[field] = value
+    for method, values in method_options.items():
+        from harness.registry import METHODS
+
+        _check_types(METHODS.get(method).Config, values, "--option", f"{method}.")
     check_writable(leaderboard_dir)
     opts = RunOptions(
         methods=[m.strip() for m in methods.split(",") if m.strip()], pair=the_pair, budget=budget,
         results_dir=results_dir, cache_dir=cache_dir or default_cache_dir(), data_dir=data_dir_from_env(data_dir),
         dataset=dataset, run_name=run_name, method_options=method_options,
-        command="bench " + shlex.join(sys.argv[1:]), keep_weights=bool(benchmarks),
+        command=_command(), keep_weights=bool(benchmarks),
+        launcher=Launcher(processes, accelerate_config), checkpoint_every=checkpoint_every,
     )
     bench_names, eval_opts = [], None
     if benchmarks:  # checked before any training, so a typo costs nothing
@@ -178,12 +227,20 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
         eval_opts = _eval_opts(results_dir, cache_dir, opts.data_dir, the_pair.name, opts.name,
                                ["teacher", "student-init", *opts.methods], opts.seed, eval_kw)
         check_benchmarks(eval_opts, bench_names)
-    run_dir = run_pipeline(opts)
-    for name, path in run_benchmarks(eval_opts, bench_names) if bench_names else ():
-        click.echo(f"{name}: {path}")
-    written = regenerate(results_dir, leaderboard_dir)
+    failure = None
+    check_writable(results_dir)  # before the lock, which creates its file there
+    with results_lock(results_dir, opts.command):
+        try:
+            run_dir = run_pipeline(opts)
+        except MethodsFailed as e:  # the methods that finished still get scored and onto the leaderboard
+            run_dir, failure = e.run_dir, e
+        for name, path in run_benchmarks(eval_opts, bench_names) if bench_names else ():
+            click.echo(f"{name}: {path}")
+        written = regenerate(results_dir, leaderboard_dir)
     click.echo(f"results: {run_dir}")
     _echo_leaderboards(written)
+    if failure is not None:
+        raise failure
 
 
 @main.command()
@@ -246,7 +303,9 @@ def leaderboard(results_dir, leaderboard_dir, screenshot_dir):
     if not Path(results_dir).is_dir():
         raise BenchError(f"No results folder at {results_dir}. Run `bench run` first or pass --results-dir.")
     check_writable(leaderboard_dir)
-    written = regenerate(results_dir, leaderboard_dir)
+    check_writable(results_dir)  # the lock creates its file there
+    with results_lock(results_dir, _command()):
+        written = regenerate(results_dir, leaderboard_dir)
     if not written:
         raise BenchError(f"{results_dir} holds no run records (results/<pair>/<run>/<row>/record.json).")
     _echo_leaderboards(written)
@@ -299,9 +358,15 @@ def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, 
     names = parse_benchmarks(benchmarks)
     opts = _eval_opts(results_dir, cache_dir, data_dir, pair, run_name,
                       [r.strip() for r in rows.split(",")] if rows else None, seed, kw)
-    for name, path in run_benchmarks(opts, names):
-        click.echo(f"{name}: {path}")
-    _echo_leaderboards(regenerate(results_dir, leaderboard_dir))
+    from harness.pipeline import check_writable
+
+    for folder in (leaderboard_dir, results_dir):  # before any answer is generated; the lock writes a file too
+        check_writable(folder)
+    with results_lock(results_dir, _command()):
+        for name, path in run_benchmarks(opts, names):
+            click.echo(f"{name}: {path}")
+        written = regenerate(results_dir, leaderboard_dir)
+    _echo_leaderboards(written)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ def normalise_row(row: dict, where: str) -> PreferenceExample:
         rejected_text = _final_assistant(rejected, where, "rejected")
     else:
         if prompt is None:
-            raise BenchError(f"{where}: field 'prompt' is missing and 'chosen'/'rejected' are not conversations.")
+            raise BenchError(f"{where}: field 'prompt' is missing and 'chosen'/'rejected' are not both conversations. "
+                             "Add a 'prompt', or make 'chosen' and 'rejected' both lists of {'role': ..., 'content': "
+                             "...} messages that end with the assistant's reply.")
         prompt_msgs = [("user", prompt)] if isinstance(prompt, str) else _messages(prompt, where, "prompt")
         chosen_text = _text(chosen, where, "chosen")
         rejected_text = _text(rejected, where, "rejected")
@@ -137,7 +139,8 @@ def read_local_file(path: Path) -> list[PreferenceExample]:
                 try:
                     rows.append((f"{path}:{lineno}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise BenchError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+                    raise BenchError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of "
+                                     "a .jsonl file must be one complete JSON object; fix or delete that line.") from None
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -159,7 +162,8 @@ def read_local_file(path: Path) -> list[PreferenceExample]:
             raise BenchError(f"{where}: each row must be a JSON object, got {type(row).__name__}.")
         out.append(normalise_row(row, where))
     if not out:
-        raise BenchError(f"{path}: the file holds no rows.")
+        raise BenchError(f"{path}: the file holds no rows. Put preference rows in it (one JSON object with "
+                         "'prompt', 'chosen' and 'rejected' per line), or point --dataset at another file.")
     return out
 
 

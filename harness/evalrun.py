@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import harness
-from harness.cache import StageCache, file_fingerprint, stable_hash, write_json_atomic
+from harness.cache import StageCache, file_fingerprint, stable_hash, write_json_atomic, write_text_atomic
 from harness.errors import BenchError
 from harness.judges import Decoding, Judge, JudgmentCache, OpenAIJudge, TransformersJudge, judge_all
 from harness.registry import PAIRS
@@ -173,6 +173,21 @@ def run_rows(opts: EvalOptions) -> tuple[object, dict[str, dict]]:
     return pair, records
 
 
+def row_checkpoint(opts: EvalOptions, row: str, record: dict) -> Path | None:
+    """A row's weights folder in the cache; None for the pair's own models (teacher, student-init)."""
+    if row == "teacher":
+        return None
+    if row == "student-init":
+        if record.get("warmstart_steps"):
+            raise BenchError("Scoring a warm-started student-init row is not supported yet; drop it with --rows.")
+        return None
+    folder = opts.cache_dir / "train" / record["train_stage_key"] / "checkpoint"
+    if not folder.exists():
+        raise BenchError(f"The weights of {row!r} are not in the cache ({folder}): its budget saved no checkpoint, "
+                         "or the cache was cleared. Re-run the method with a budget that saves checkpoints.")
+    return folder
+
+
 def load_row_model(opts: EvalOptions, pair, row: str, record: dict):
     import torch
 
@@ -180,17 +195,25 @@ def load_row_model(opts: EvalOptions, pair, row: str, record: dict):
     from harness.pipeline import load_model_from
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if row == "teacher":
-        return load_model(pair.teacher).to(device)
-    if row == "student-init":
-        if record.get("warmstart_steps"):
-            raise BenchError("Scoring a warm-started student-init row is not supported yet; drop it with --rows.")
-        return load_model(pair.student).to(device)
-    folder = opts.cache_dir / "train" / record["train_stage_key"] / "checkpoint"
-    if not folder.exists():
-        raise BenchError(f"The weights of {row!r} are not in the cache ({folder}): its budget saved no checkpoint, "
-                         "or the cache was cleared. Re-run the method with a budget that saves checkpoints.")
+    folder = row_checkpoint(opts, row, record)
+    if folder is None:
+        return load_model(pair.teacher if row == "teacher" else pair.student).to(device)
     return load_model_from(folder).to(device)
+
+
+def row_vllm_backend(opts: EvalOptions, pair, row: str, record: dict):
+    """vLLM on a row's weights: its checkpoint folder, or the pair's model where ``load_model`` finds it."""
+    import os
+
+    from harness.generation import VLLMBackend
+    from harness.models import materialise
+
+    folder = row_checkpoint(opts, row, record)
+    if folder is not None:
+        return VLLMBackend(folder)
+    spec = pair.teacher if row == "teacher" else pair.student
+    where = materialise(spec)
+    return VLLMBackend(where, revision=None if os.path.isdir(where) else spec.revision)
 
 
 def model_key(pair, row: str, record: dict) -> str:
@@ -202,19 +225,32 @@ def model_key(pair, row: str, record: dict) -> str:
 
 
 def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str, ids: list, settings: dict,
-                make) -> tuple[list, str]:
-    """A row's answers to a benchmark's questions, from the cache or made now by ``make(model, tokenizer)``."""
+                make, *, any_backend: bool = False) -> tuple[list, str]:
+    """A row's answers to a benchmark's questions, from the cache or made now by ``make(model, tokenizer)``.
+    ``any_backend``: ``make`` generates only through harness.generation, so ``model`` may be the
+    GenerationBackend that $BENCH_GENERATION_BACKEND picks; otherwise it is always the HF model. A killed run
+    resumes its generation from the batches journalled so far."""
+    import shutil
+
+    from harness.generation import backend_key, choose_engine, resumable
     from harness.models import load_tokenizer
 
+    engine = choose_engine(has_model_path=True) if any_backend else "hf"
     cache = StageCache(opts.cache_dir)
     key = stable_hash({"answers": benchmark, "model": model_key(pair, row, record), "questions": ids,
-                       **settings, "seed": opts.seed, "bench": harness.__version__})
+                       **settings, "seed": opts.seed, "bench": harness.__version__, **backend_key(engine)})
     if not cache.has("answers", key):
-        model = load_row_model(opts, pair, row, record)
-        answers = make(model, load_tokenizer(pair.teacher if row == "teacher" else pair.student))
-        del model
+        partial = cache.partial("answers", key)
+        with resumable(partial):
+            if engine == "vllm":
+                model = row_vllm_backend(opts, pair, row, record)
+            else:
+                model = load_row_model(opts, pair, row, record)
+            answers = make(model, load_tokenizer(pair.teacher if row == "teacher" else pair.student))
+            del model
         with cache.build("answers", key) as out:
             write_json_atomic(out / "answers.json", answers)
+        shutil.rmtree(partial, ignore_errors=True)
     return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
 
 
@@ -226,7 +262,8 @@ def greedy_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: s
     chats = [[{"role": "user", "content": p}] for p in prompts]
     return row_answers(opts, pair, row, record, benchmark, ids, {"max_new_tokens": opts.max_new_tokens},
                        lambda m, tok: [a["text"] for a in generate(m, tok, chats, opts.max_new_tokens,
-                                                                   desc=f"{benchmark} answers")])
+                                                                   desc=f"{benchmark} answers")],
+                       any_backend=True)
 
 
 def data_root(opts: EvalOptions, benchmark: str) -> Path:
@@ -252,9 +289,10 @@ def result_header(opts: EvalOptions, benchmark: str, row: str, judge: Judge, dec
 
 def write_result(opts: EvalOptions, row: str, benchmark: str, result: dict, lines: list[dict] | None) -> Path:
     folder = opts.results_dir / opts.pair / opts.run / row / "benchmarks"
+    if lines is not None:  # first, so a score file never points at judgments that are not there yet
+        write_text_atomic(folder / f"{benchmark}_judgments.jsonl",
+                          "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
     write_json_atomic(folder / f"{benchmark}.json", result)
-    if lines is not None:
-        (folder / f"{benchmark}_judgments.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
     return folder / f"{benchmark}.json"
 
 
@@ -308,7 +346,8 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
         t0 = time.perf_counter()
         ids = [q["question_id"] for q in questions]
         answers, key = row_answers(opts, pair, row, record, "mt_bench", ids, {"max_new_tokens": opts.max_new_tokens},
-                                   lambda m, tok: mt_bench_answers(m, tok, questions, opts.max_new_tokens, opts.seed))
+                                   lambda m, tok: mt_bench_answers(m, tok, questions, opts.max_new_tokens, opts.seed),
+                                   any_backend=True)
         requests, meta = [], []
         for q, ans in zip(questions, answers):
             for turn in (1, 2):

@@ -77,6 +77,12 @@ class Judge:
 # ---------------------------------------------------------------- OpenAI-compatible endpoint
 
 
+class JudgeUnavailable(BenchError):
+    """The judge cannot be used at all: stop, rather than record every remaining judgment as failed."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class OpenAIJudge(Judge):
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_retries: int = 6, concurrency: int = 4):
@@ -84,6 +90,9 @@ class OpenAIJudge(Judge):
         self.timeout, self.max_retries, self.concurrency = timeout, max_retries, concurrency
         self._client = None
         self._lock = threading.Lock()
+        # Set once the endpoint is unreachable after the client's retries, or answers with something that is not a
+        # chat completion: later calls fail at once, and judge_all / cached_judge stop the benchmark with it.
+        self.unavailable: str | None = None
 
     def identity(self) -> dict:
         # The endpoint's address says which server answered; the key never enters an identity.
@@ -109,6 +118,8 @@ class OpenAIJudge(Judge):
         if decoding.choices:
             raise BenchError("Constrained verdicts need the judge's log-probabilities of whole answer strings, which "
                              "chat-completion servers do not give; use a local judge (local:...) or free verdicts.")
+        if self.unavailable:
+            return Judgment("", None, self.unavailable)
         kwargs = {"model": self.model, "messages": messages, "temperature": decoding.temperature,
                   "max_tokens": decoding.max_tokens}
         if decoding.top_logprobs:
@@ -116,7 +127,9 @@ class OpenAIJudge(Judge):
         try:
             response = self.client().chat.completions.create(**kwargs)
         except openai.APIConnectionError as e:  # includes timeouts, after the client's retries
-            return Judgment("", None, f"connection: {e}")
+            cause = f" ({e.__cause__})" if e.__cause__ else ""
+            self.unavailable = f"connection: {e}{cause} after {self.max_retries} retries"
+            return Judgment("", None, self.unavailable)
         except openai.APIStatusError as e:  # a status the client does not retry, or retries ran out
             return Judgment("", None, f"HTTP {e.status_code}: {str(e)[:200]}")
         try:
@@ -130,7 +143,10 @@ class OpenAIJudge(Judge):
                                               "server that does (vLLM, OpenAI) or a local judge")
                 top = [(t.token, float(t.logprob)) for t in content[0].top_logprobs]
         except (AttributeError, IndexError, TypeError) as e:
-            return Judgment("", None, f"malformed response: {e}")
+            # A 200 whose body is no chat completion (an HTML page, a proxy's reply, {"choices": []}): the URL is
+            # not an OpenAI-compatible endpoint, and asking again would get the same.
+            self.unavailable = f"malformed response: {e} (the reply began {str(response)[:120]!r})"
+            return Judgment("", None, self.unavailable)
         return Judgment(text, top)
 
 
@@ -277,8 +293,21 @@ class JudgmentCache:
         return len(self._entries)
 
 
+def stop_if_unavailable(judge: Judge) -> None:
+    """Raise JudgeUnavailable when the judge cannot be used at all (see OpenAIJudge.unavailable)."""
+    problem = getattr(judge, "unavailable", None)
+    if problem:
+        where = judge.identity().get("base_url", "")
+        raise JudgeUnavailable(
+            f"The judge {judge.identity().get('model')!r} at {where} cannot be used: {problem}. Check that a server "
+            "is running there and speaks the OpenAI chat-completions API (--judge-base-url usually ends in /v1), "
+            "then run the same command again: the answers and every judgment made so far are cached, so it "
+            "resumes where it stopped.")
+
+
 def cached_judge(judge: Judge, cache: JudgmentCache, messages: list[dict], decoding: Decoding) -> tuple[Judgment, bool]:
-    """One judgment through the cache; returns it and whether a call was made. Failures are not cached."""
+    """One judgment through the cache; returns it and whether a call was made. Failures are not cached; a judge
+    that cannot be used at all raises JudgeUnavailable."""
     key = JudgmentCache.key(judge, messages, decoding)
     hit = cache.get(key)
     if hit is not None:
@@ -286,13 +315,15 @@ def cached_judge(judge: Judge, cache: JudgmentCache, messages: list[dict], decod
     result = judge.judge(messages, decoding)
     if result.error is None:
         cache.put(key, result)
+    stop_if_unavailable(judge)
     return result, True
 
 
 def judge_all(judge: Judge, requests: list[list[dict]], decoding: Decoding, cache: JudgmentCache,
               desc: str = "judge") -> tuple[list[Judgment], dict]:
     """Judge every message list, cached ones from the cache; returns judgments in order and call counts.
-    Failed calls (``error`` set) are not cached, so a re-run tries them again."""
+    Failed calls (``error`` set) are not cached, so a re-run tries them again; a judge that cannot be used at all
+    raises JudgeUnavailable once the calls in flight are back (the successful ones are cached)."""
     keys = [JudgmentCache.key(judge, m, decoding) for m in requests]
     out: list[Judgment | None] = [cache.get(k) for k in keys]
     todo = [i for i, j in enumerate(out) if j is None]
@@ -311,5 +342,6 @@ def judge_all(judge: Judge, requests: list[list[dict]], decoding: Decoding, cach
     with ThreadPoolExecutor(max_workers=max(1, getattr(judge, "concurrency", 1))) as pool:
         list(pool.map(one, todo))
     bar.close()
+    stop_if_unavailable(judge)
     counts["failed"] = sum(1 for i in todo if out[i].error is not None)
     return out, counts

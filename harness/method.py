@@ -81,6 +81,14 @@ class Method:
     def start_training(self) -> None:
         """Called by the trainer before the first step: reset any state kept across steps."""
 
+    def state_dict(self) -> dict:
+        """State kept across steps (JSON-able), saved with training checkpoints so a resumed run continues
+        exactly; most methods keep none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
     def prepare_batch(self, model, batch: Batch, rng) -> Batch:
         """Called once per micro-batch before the step's counts are taken: on-policy methods replace
         responses with the current student's samples here. ``rng`` is seeded per (run seed, step, micro-batch)."""

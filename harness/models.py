@@ -123,10 +123,12 @@ def _load_raw(spec: ModelSpec):
     else:
         kwargs = {"revision": spec.revision}
         where = spec.source
+    # Weights come from safetensors (or the GGUF file) only: unpickling a pytorch_model.bin can run code.
+    weights = {} if gguf is not None else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
-    except OSError as e:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs, **weights)
+    except (OSError, ValueError) as e:  # ValueError: a folder whose auto_map asks to run its own code
         raise BenchError(_load_failure_message(spec, e)) from None
     if getattr(model.config, "quantization_config", None) is not None:
         # GGUF weights arrive de-quantised; drop the markers so the saved copy loads as a plain model.
@@ -136,7 +138,21 @@ def _load_raw(spec: ModelSpec):
     return model, tokenizer
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def _load_failure_message(spec: ModelSpec, error: Exception) -> str:
+    folder = Path(spec.source).expanduser()
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+    if pickles and not any(folder.glob("*.safetensors")):
+        return (f"Model folder {spec.source!r} holds its weights only as pickles ({', '.join(pickles)}); bench "
+                "loads safetensors (or GGUF) weights only, because unpickling a file can run any code in it. Convert "
+                "the folder once, where you trust the file: AutoModelForCausalLM.from_pretrained(folder)"
+                ".save_pretrained(folder) writes model.safetensors beside it. Then run the command again.")
+    if "custom code" in str(error) or "trust_remote_code" in str(error):
+        return (f"Model {spec.describe()!r} ships its own Python code (auto_map in its config.json), and bench does "
+                "not run a model's own code: models load with the classes that come with transformers. Use a "
+                "checkpoint of an architecture transformers knows (its model_type), or convert it to one.")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return (
         f"Could not load model {spec.describe()!r}: {str(error).splitlines()[0]} "
@@ -173,7 +189,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype = torch.float32, trust_remote
             where, dtype=dtype, revision=None if os.path.isdir(where) else spec.revision,
             trust_remote_code=trust_remote_code, use_safetensors=True,
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder whose auto_map asks to run its own code
         raise BenchError(_load_failure_message(spec, e)) from None
     model.eval()
     return model
@@ -185,7 +201,7 @@ def load_tokenizer(spec: ModelSpec):
     where = materialise(spec)
     try:
         tok = AutoTokenizer.from_pretrained(where, revision=None if os.path.isdir(where) else spec.revision)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise BenchError(_load_failure_message(spec, e)) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -200,3 +216,14 @@ def count_parameters(model) -> dict:
     matmul = total if tied else total - embed
     return {"total": total, "embedding": embed, "tied_embeddings": tied, "matmul": matmul,
             "layers": int(model.config.num_hidden_layers)}
+
+
+def folder_parameters(where: str) -> int:
+    """Matmul parameters of a model from its config alone (built on the meta device: no weights are read), for
+    compute records when the model itself ran elsewhere (vLLM)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(where)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_parameters(model)["matmul"]

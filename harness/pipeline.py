@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 import harness
 from harness.budgets import Budget
-from harness.cache import StageCache, stable_hash, write_json_atomic
+from harness.cache import StageCache, stable_hash, write_json_atomic, write_text_atomic
 from harness.data import (
     EncodeStats,
     encode,
@@ -30,10 +32,12 @@ from harness.data import (
     load_splits,
     resolve_source,
 )
+from harness.distributed import Launcher, launch
 from harness.errors import BenchError
 from harness.evaluate import evaluate
+from harness.generation import backend_key, choose_engine, resumable, select_backend
 from harness.method import Runtime
-from harness.models import count_parameters, load_model, load_tokenizer
+from harness.models import count_parameters, folder_parameters, load_model, load_tokenizer, materialise
 from harness.pairs import Pair
 from harness.registry import METHODS
 from harness.signals import (
@@ -42,6 +46,7 @@ from harness.signals import (
     compute_sequence_logps,
     compute_topk,
     load_signal,
+    load_topk,
     mean_logps,
     most_different,
     pack,
@@ -50,12 +55,16 @@ from harness.signals import (
     save_signal,
     teacher_mcq,
 )
-from harness.trainer import train
+from harness.topk_store import VERSION as TOPK_STORE_VERSION
+from harness.topk_store import TopkReader
+from harness.trainer import Checkpointing, NonFiniteLoss, train
 
 REFERENCE_ROWS = ("teacher", "student-init")
 
 
 def say(message: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # one voice per distributed training: the main process's
+        return
     tqdm.write(f"[bench] {message}", file=sys.stderr)
 
 
@@ -72,6 +81,10 @@ class RunOptions:
     method_options: dict[str, dict] = field(default_factory=dict)
     command: str = ""
     keep_weights: bool = False  # save every method's weights, whatever the budget says (benchmarks follow)
+    launcher: Launcher | None = None  # train each method on several processes (harness/distributed.py)
+    # Training checkpoints for resuming a killed run: every N optimizer steps, or every `checkpoint_interval_s`.
+    checkpoint_every: int | None = None
+    checkpoint_interval_s: float = 600.0
 
     @property
     def seed(self) -> int:
@@ -146,7 +159,8 @@ class Run:
         self.budget = opts.budget
         self.pair = opts.pair
         self.cache = StageCache(opts.cache_dir)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Under several processes each one uses its own GPU (accelerate knows which from the launcher).
+        self.device = PartialState(cpu=not torch.cuda.is_available()).device
         self._teacher = None
         self.stage_times: dict[str, float] = {}
         self.methods: dict = {}  # this run's methods by name (set by run(); dependencies added on demand)
@@ -208,10 +222,11 @@ class Run:
             sft = SFT()
             sft.registered_name = "warmstart"
             result = train(sft, model, self.train_rows, {}, warm_budget, self.tokenizer.pad_token_id,
-                           self.budget.seed + 7919, desc="warm-start")
+                           self.budget.seed + 7919, desc="warm-start", checkpoints=self.checkpointing("warmstart", key))
             with self.cache.build("warmstart", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "train.json", vars(result))
+            shutil.rmtree(self.cache.partial("warmstart", key), ignore_errors=True)
         model = load_model_from(self.cache.path("warmstart", key) / "checkpoint")
         return model.to(self.device)
 
@@ -266,7 +281,8 @@ class Run:
             lr = self.budget.learning_rate if options["lr"] == "budget" else options["lr"]
             budget = self.budget.with_overrides(learning_rate=lr)
             result = train(dpo, model, self.train_rows, {"reference_logps": ref}, budget,
-                           self.tokenizer.pad_token_id, self.budget.seed, desc="teacher DPO")
+                           self.tokenizer.pad_token_id, self.budget.seed, desc="teacher DPO",
+                           checkpoints=self.checkpointing("teacher_dpo", key))
             params = count_parameters(model)["matmul"]
             info = {"optimizer_steps": result.optimizer_steps, "trained_tokens": result.student_tokens,
                     "reference_tokens": ref_tokens, "params": params, "options": options,
@@ -275,6 +291,7 @@ class Run:
             with self.cache.build("teacher_dpo", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "info.json", info)
+            shutil.rmtree(self.cache.partial("teacher_dpo", key), ignore_errors=True)
             say(f"teacher DPO: final loss {info['final_loss']:.4f} in {info['wall_clock_s']:.0f}s")
         folder = self.cache.path("teacher_dpo", key)
         info = {**json.loads((folder / "info.json").read_text()), "stage_key": key}
@@ -294,8 +311,14 @@ class Run:
                "k": self.budget.teacher_top_k if spec.kind in ("topk", "advantage") else None}
         if spec.kind in ("samples", "scored_samples", "advantage"):
             key.update(gen=self.budget.gen_max_new_tokens, seed=self.budget.seed)
+        if spec.kind == "samples":
+            # Generated by a fixed model from its folder, by vLLM where chosen: its text differs from HF's (the
+            # key gains nothing on HF). PAD's and ADPA's samples stay on HF (they score the model in memory).
+            key.update(**backend_key(choose_engine(has_model_path=True)))
         if spec.kind == "scored_samples":
             key.update(n=self.budget.samples_per_prompt)
+        if spec.kind == "topk":
+            key.update(store=TOPK_STORE_VERSION, value_dtype=self.budget.teacher_topk_dtype)
         options = method.signal_options(name) if method is not None else {}
         if options:
             key.update(options=options)
@@ -305,32 +328,32 @@ class Run:
 
     def signal(self, name: str, split: str, method=None) -> tuple[dict, dict]:
         key = self.signal_key(name, split, method)
+        if parse_signal(name).kind == "topk":
+            return self.topk_signal(name, split, key)
         if not self.cache.has("signals", key):
             spec = parse_signal(name)
             rows = self.train_rows if split == "train" else self.test_rows
             t0 = time.perf_counter()
             desc = f"signal {name} ({split})"
-            if spec.kind == "topk":
-                model = self.teacher()
-                data, tokens = compute_topk(model, rows, spec.side, self.budget.teacher_top_k,
-                                            self.tokenizer.pad_token_id, len(self.tokenizer), desc)
-                params = count_parameters(model)["matmul"]
-            elif spec.kind == "samples":
+            if spec.kind == "samples":
                 examples = self.train_examples if split == "train" else self.test_examples
                 # Teacher answers are greedy (SeqKD); the student's are sampled at temperature 1, seeded.
                 from_teacher = spec.source == "teacher"
-                model = self.teacher() if from_teacher else self.student_for(method)
-                data, tokens = compute_samples(
-                    model, self.teacher_tokenizer if from_teacher else self.tokenizer, self.tokenizer, examples, rows,
-                    self.budget.max_prompt_len, self.budget.gen_max_new_tokens, self.budget.max_seq_len, desc,
-                    do_sample=not from_teacher, seed=self.budget.seed)
-                params = count_parameters(model)["matmul"]
-                if not from_teacher:
-                    del model
+                loader = self.teacher if from_teacher else (lambda: self.student_for(method))
+                backend = select_backend(model=loader, model_path=self.model_folder(method, from_teacher))
+                with resumable(self.cache.partial("signals", key)):
+                    data, tokens = compute_samples(
+                        None, self.teacher_tokenizer if from_teacher else self.tokenizer, self.tokenizer, examples,
+                        rows, self.budget.max_prompt_len, self.budget.gen_max_new_tokens, self.budget.max_seq_len,
+                        desc, do_sample=not from_teacher, seed=self.budget.seed, backend=backend)
+                params = folder_parameters(self.model_folder(method, from_teacher))
+                del backend
             elif spec.kind == "scored_samples":
-                data, tokens, params, extra = self.scored_samples(rows, split, desc, method)
+                with resumable(self.cache.partial("signals", key)):
+                    data, tokens, params, extra = self.scored_samples(rows, split, desc, method)
             elif spec.kind == "advantage":
-                data, tokens, params, extra = self.advantage(rows, method, desc)
+                with resumable(self.cache.partial("signals", key)):
+                    data, tokens, params, extra = self.advantage(rows, method, desc)
             else:
                 model = self.student_for(method)
                 data, tokens = compute_sequence_logps(model, rows, self.tokenizer.pad_token_id, desc)
@@ -344,9 +367,45 @@ class Run:
             with self.cache.build("signals", key) as out:
                 save_signal(data, out)
                 write_json_atomic(out / "info.json", info)
+            shutil.rmtree(self.cache.partial("signals", key), ignore_errors=True)  # its generation journal
             say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
         folder = self.cache.path("signals", key)
         return load_signal(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
+
+    def topk_signal(self, name: str, split: str, key: str) -> tuple[TopkReader, dict]:
+        """The teacher's top-k signal, streamed into a memory-mapped store inside the stage's build folder (so a
+        killed run leaves no half-written stage) and read back lazily: the teacher is loaded only to compute it."""
+        folder = self.cache.path("signals", key)
+        if not self.cache.has("signals", key):
+            spec = parse_signal(name)
+            rows = self.train_rows if split == "train" else self.test_rows
+            desc = f"signal {name} ({split})"
+            t0 = time.perf_counter()
+            with self.cache.build("signals", key) as out:
+                model = self.teacher()
+                reader, tokens = compute_topk(model, rows, spec.side, self.budget.teacher_top_k,
+                                              self.tokenizer.pad_token_id, len(self.tokenizer), desc, out=out,
+                                              value_dtype=self.budget.teacher_topk_dtype)
+                params = count_parameters(model)["matmul"]
+                info = {"name": name, "split": split, "kind": spec.kind, "forward_tokens": tokens,
+                        "model_params": params, "flops": 2 * params * tokens, "generated_tokens": 0,
+                        "bytes_per_position": reader.bytes_per_position(),
+                        "wall_clock_s": time.perf_counter() - t0}
+                write_json_atomic(out / "info.json", info)
+            say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s, "
+                f"{info['bytes_per_position']:.1f} bytes per position")
+        return load_topk(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
+
+    def model_folder(self, method, teacher: bool) -> str:
+        """Where the weights of the teacher, or of the student ``method`` starts from, live (for vLLM)."""
+        if teacher:
+            return materialise(self.pair.teacher)
+        if method is not None and method.starts_from:
+            return str(self.train_stage(*self.dependency(method), checkpoint=True)["folder"] / "checkpoint")
+        if self.budget.warmstart_steps:
+            self.load_student_init()  # makes the warm-start stage when it is missing
+            return str(self.cache.path("warmstart", self.student_init_key()) / "checkpoint")
+        return materialise(self.pair.student)
 
     def student_for(self, method):
         return self.load_start(method) if method is not None else self.load_student_init()
@@ -421,6 +480,7 @@ class Run:
     def eval_key(self, model_key: str) -> str:
         b = self.budget
         return stable_hash({"model": model_key, "data": self.data_key, "k": b.teacher_top_k,
+                            "topk": self.signal_key("teacher_topk:chosen", "test"),
                             "gen": [b.gen_eval_examples, b.gen_max_new_tokens], "bench": harness.__version__})
 
     def evaluate(self, model, model_key: str, label: str) -> dict:
@@ -428,15 +488,17 @@ class Run:
         if not self.cache.has("eval", key):
             topk, _ = self.signal("teacher_topk:chosen", "test")
             t0 = time.perf_counter()
-            metrics, per_example, answers = evaluate(
-                model(), self.tokenizer, self.test_rows, self.test_examples, topk, self.budget.gen_eval_examples,
-                self.budget.gen_max_new_tokens, self.budget.max_prompt_len, desc=f"eval {label}")
+            with resumable(self.cache.partial("eval", key)):  # a killed evaluation keeps its finished answers
+                metrics, per_example, answers = evaluate(
+                    model(), self.tokenizer, self.test_rows, self.test_examples, topk, self.budget.gen_eval_examples,
+                    self.budget.gen_max_new_tokens, self.budget.max_prompt_len, desc=f"eval {label}")
             info = {"metrics": metrics, "wall_clock_s": time.perf_counter() - t0,
                     "generated_tokens": sum(a["n_tokens"] for a in answers)}
             with self.cache.build("eval", key) as out:
                 write_json_atomic(out / "eval.json", info)
                 _write_jsonl(out / "per_example.jsonl", per_example)
                 _write_jsonl(out / "answers.jsonl", answers)
+            shutil.rmtree(self.cache.partial("eval", key), ignore_errors=True)
             say(f"eval {label}: " + ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics.items()))
         return {"folder": self.cache.path("eval", key), "key": key,
                 **json.loads((self.cache.path("eval", key) / "eval.json").read_text())}
@@ -471,9 +533,30 @@ class Run:
             tmp = folder / f".checkpoint-{os.getpid()}"
             model.save_pretrained(tmp, safe_serialization=True)
             os.replace(tmp, folder / "checkpoint")
+        shutil.rmtree(self.cache.partial("train", key), ignore_errors=True)  # its resume checkpoints
         return {"key": key, "folder": folder, "model": model}
 
+    def checkpointing(self, stage: str, key: str) -> Checkpointing:
+        return Checkpointing(self.cache.partial(stage, key) / "checkpoints", self.opts.checkpoint_every,
+                             self.opts.checkpoint_interval_s)
+
     def _train(self, name: str, method):
+        launcher = self.opts.launcher
+        if launcher is None or not launcher.distributed:
+            return self.train_here(name, method)
+        # Everything the workers read is made here first, once: signals, the starting student, its dependency.
+        for s in method.needs:
+            if parse_signal(s).kind != "live":
+                self.signal(s, "train", method)
+        if method.starts_from:
+            self.train_stage(*self.dependency(method), checkpoint=True)
+        else:
+            self.load_student_init()
+        key = self.train_key(name, method)
+        return launch(launcher, self.opts, name, self.cache.partial("train", key) / "distributed")
+
+    def train_here(self, name: str, method):
+        """Train in this process (one of several when launched by harness/distributed.py)."""
         cached = [s for s in method.needs if parse_signal(s).kind != "live"]
         signals, signal_info = {}, {}
         for s in cached:
@@ -489,7 +572,7 @@ class Run:
         say(f"train {name}: {b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
         params = count_parameters(model)["matmul"]
         result = train(method, model, self.train_rows, signals, b, self.tokenizer.pad_token_id, b.seed,
-                       desc=f"train {name}")
+                       desc=f"train {name}", checkpoints=self.checkpointing("train", self.train_key(name, method)))
         info = {"loss_curve": result.loss_curve, "optimizer_steps": result.optimizer_steps,
                 "student_tokens": result.student_tokens, "wall_clock_s": result.wall_clock_s,
                 "live_teacher_tokens": result.teacher_tokens, "generated_tokens": result.generated_tokens,
@@ -596,11 +679,11 @@ def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_c
     write_json_atomic(folder / "record.json", record)
     write_json_atomic(folder / "metrics.json", evaluation["metrics"])
     for name in ("per_example.jsonl", "answers.jsonl"):
-        (folder / name).write_text((evaluation["folder"] / name).read_text())
+        write_text_atomic(folder / name, (evaluation["folder"] / name).read_text())
     if loss_curve:
         keys = sorted({k for row_ in loss_curve for k in row_}, key=lambda k: (k != "step", k))
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in loss_curve]
-        (folder / "loss_curve.csv").write_text("\n".join(lines) + "\n")
+        write_text_atomic(folder / "loss_curve.csv", "\n".join(lines) + "\n")
 
 
 def _fmt(v) -> str:
@@ -613,6 +696,8 @@ def run(opts: RunOptions) -> Path:
     """Execute a run; returns its results folder."""
     t_start = time.perf_counter()
     methods = build_methods(opts)
+    if opts.launcher is not None:
+        opts.launcher.check(opts.budget)
     for folder in (opts.results_dir, opts.cache_dir):
         check_writable(folder)
     r = Run(opts)
@@ -624,9 +709,23 @@ def run(opts: RunOptions) -> Path:
     common = {"pair": opts.pair.to_dict(), "budget": opts.budget.to_dict(), "seed": opts.seed, "run": opts.name,
               "data": r.data_info, "environment": environment()}
 
+    failed: dict[str, str] = {}
     for i, (name, method) in enumerate(methods.items(), 1):
         say(f"method {i}/{len(methods)}: {name}")
-        out = r.run_method(name, method)
+        if method.starts_from in failed:
+            failed[name] = f"skipped: it starts from {method.starts_from}, which failed"
+            say(f"{name}: {failed[name]}")
+            continue
+        try:
+            out = r.run_method(name, method)
+        except NonFiniteLoss as e:
+            # This method stops with what went wrong; the others (and their cached work) are unaffected.
+            failed[name] = str(e)
+            write_json_atomic(run_dir / name / "failure.json", {**common, "row": name, "method": name,
+                                                                 "config": method.config.to_dict(), **e.diagnostic()})
+            say(f"{name} stopped: {e}")
+            continue
+        (run_dir / name / "failure.json").unlink(missing_ok=True)
         record = {**common, "row": name, "kind": "method", "method": name,
                   "config": method.config.to_dict(), "needs": list(method.needs),
                   "compute": compute_record(out["train"]), "train_stage_key": out["train_key"],
@@ -649,4 +748,18 @@ def run(opts: RunOptions) -> Path:
                                            "model": opts.pair.student.describe(),
                                            "warmstart_steps": opts.budget.warmstart_steps}, student_eval, None)
     say(f"run finished in {time.perf_counter() - t_start:.0f}s; results in {run_dir}")
+    if failed:
+        raise MethodsFailed(run_dir, failed)
     return run_dir
+
+
+class MethodsFailed(BenchError):
+    """Some methods of a run stopped; the others finished and were recorded."""
+
+    exit_code = 3
+
+    def __init__(self, run_dir: Path, failed: dict[str, str]):
+        self.run_dir, self.failed = run_dir, failed
+        lines = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        super().__init__(f"{len(failed)} method(s) did not finish ({lines}). The other rows are in {run_dir}; "
+                         "each failure is described in <row>/failure.json.")

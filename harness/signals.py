@@ -16,7 +16,9 @@ A method declares what it consumes (``needs``); here is where each of those come
 "Student" signals come from the student a method starts from: the initial student, or for a method that starts
 from another method's result (ADPA+ from DCKD) that result.
 
-Signals are stored flat (one row per response token, with per-example offsets) as safetensors.
+Signals are stored flat (one row per response token, with per-example offsets) as safetensors, except the
+top-k signal: a sharded, memory-mapped store in compact dtypes (harness/topk_store.py), since at k = 50 it is
+by far the largest.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from harness.batch import IGNORE, Sequences, collate, pad_sequences, prompts_of,
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.losses import sequence_logps
+from harness.topk_store import DEFAULT_EXAMPLES_PER_SHARD, TopkReader, TopkWriter
 
 SIGNAL_BATCH = 8
 
@@ -72,30 +75,55 @@ def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
         yield collate([rows[i] for i in idx], idx, pad_id)
 
 
+class _FlatTopk:
+    """The in-memory form of a top-k signal (flat rows, per-example offsets), for callers without a folder."""
+
+    def __init__(self):
+        self.ids, self.logps, self.rest, self.offsets = [], [], [], [0]
+
+    def add(self, ids, logps, rest) -> None:
+        self.ids.append(ids.to(torch.int32).cpu())
+        self.logps.append(logps.cpu())
+        self.rest.append(rest.cpu())
+        self.offsets.append(self.offsets[-1] + ids.shape[0])
+
+    def close(self) -> dict:
+        return {"ids": torch.cat(self.ids), "logps": torch.cat(self.logps), "rest": torch.cat(self.rest),
+                "offsets": torch.tensor(self.offsets, dtype=torch.int64)}
+
+
 @torch.no_grad()
 def compute_topk(model, rows: list[Encoded], side: str, k: int, pad_id: int, vocab_limit: int,
-                 desc: str) -> tuple[dict, int]:
-    """Teacher top-k over ids < vocab_limit (the student's vocabulary) plus an exact rest bucket."""
-    ids_out, logps_out, rest_out, offsets, tokens = [], [], [], [0], 0
+                 desc: str, *, out: Path | None = None, value_dtype: str = "float32",
+                 examples_per_shard: int = DEFAULT_EXAMPLES_PER_SHARD) -> tuple[dict | TopkReader, int]:
+    """Teacher top-k over ids < vocab_limit (the student's vocabulary) plus an exact rest bucket.
+
+    With ``out``, each example is streamed into a top-k store there (harness/topk_store.py; values in
+    ``value_dtype``) and its reader returned; without, the flat float32 tensors are returned in memory."""
+    k = min(k, vocab_limit)
+    if out is None and value_dtype != "float32":
+        raise BenchError("compute_topk keeps float32 values in memory; pass out= to store another value dtype.")
+    sink = TopkWriter(out, k, vocab_limit, value_dtype, examples_per_shard) if out is not None else _FlatTopk()
+    tokens = 0
     device = next(model.parameters()).device
-    for batch in tqdm(list(_batches(rows, pad_id)), desc=desc, unit="batch", leave=False):
-        seqs: Sequences = getattr(batch, side).to(device)
-        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
-        tokens += seqs.n_tokens
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        mask = seqs.labels[:, 1:] != IGNORE
-        for b in range(logp.shape[0]):
-            lp = logp[b][mask[b]]  # [R, V_teacher]
-            selectable = lp[:, :vocab_limit]
-            top_v, top_i = selectable.topk(min(k, vocab_limit), dim=-1)
-            rest = torch.logsumexp(lp.scatter(-1, top_i, float("-inf")), dim=-1)
-            ids_out.append(top_i.to(torch.int32).cpu())
-            logps_out.append(top_v.cpu())
-            rest_out.append(rest.cpu())
-            offsets.append(offsets[-1] + lp.shape[0])
-    data = {"ids": torch.cat(ids_out), "logps": torch.cat(logps_out), "rest": torch.cat(rest_out),
-            "offsets": torch.tensor(offsets, dtype=torch.int64)}
-    return data, tokens
+    try:
+        for batch in tqdm(list(_batches(rows, pad_id)), desc=desc, unit="batch", leave=False):
+            seqs: Sequences = getattr(batch, side).to(device)
+            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+            tokens += seqs.n_tokens
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            mask = seqs.labels[:, 1:] != IGNORE
+            for b in range(logp.shape[0]):
+                lp = logp[b][mask[b]]  # [R, V_teacher]
+                selectable = lp[:, :vocab_limit]
+                top_v, top_i = selectable.topk(k, dim=-1)
+                rest = torch.logsumexp(lp.scatter(-1, top_i, float("-inf")), dim=-1)
+                sink.add(top_i.cpu(), top_v.cpu(), rest.cpu())
+    except BaseException:
+        if isinstance(sink, TopkWriter):  # its files are closed; the caller's build folder is removed whole
+            sink.abort()
+        raise
+    return sink.close(), tokens
 
 
 @torch.no_grad()
@@ -127,16 +155,17 @@ def unpack(data: dict, i: int) -> list[int]:
 
 def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: list[Encoded], max_prompt_len: int,
                     max_new_tokens: int, max_seq_len: int, desc: str, *, do_sample: bool = False,
-                    temperature: float = 1.0, seed: int = 0) -> tuple[dict, int]:
+                    temperature: float = 1.0, seed: int = 0, backend=None) -> tuple[dict, int]:
     """A model's answers as text, re-encoded with the student's tokenizer (so teacher answers work across
-    vocabularies), cut to fit max_seq_len after the student's prompt; stored flat with per-example offsets."""
+    vocabularies), cut to fit max_seq_len after the student's prompt; stored flat with per-example offsets.
+    ``backend``: a GenerationBackend to generate with instead of HF on ``model`` (harness/generation.py)."""
     from harness.data import prompt_ids, response_ids
     from harness.generation import generate_ids
 
     prompts = [prompt_ids(model_tokenizer, ex.messages)[-max_prompt_len:] for ex in examples]
     eos = model_tokenizer.eos_token_id
-    outs = generate_ids(model, prompts, max_new_tokens, pad_id=model_tokenizer.pad_token_id, eos_id=eos, desc=desc,
-                        do_sample=do_sample, temperature=temperature, seed=seed)
+    outs = generate_ids(backend or model, prompts, max_new_tokens, pad_id=model_tokenizer.pad_token_id, eos_id=eos,
+                        desc=desc, do_sample=do_sample, temperature=temperature, seed=seed)
     answers = []
     for ex, row, new in zip(examples, rows, outs):
         text = model_tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -145,13 +174,14 @@ def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: l
 
 
 def sample_many(model, tokenizer, examples, rows: list[Encoded], n: int, max_prompt_len: int, max_new_tokens: int,
-                max_seq_len: int, seed: int, desc: str) -> tuple[list[list[list[int]]], int]:
+                max_seq_len: int, seed: int, desc: str, *, backend=None) -> tuple[list[list[list[int]]], int]:
     """n sampled answers per prompt (temperature 1, top-p 0.95, one seed per sample index), in the student's
-    tokens and cut to fit max_seq_len; returns [example][sample] token lists and the tokens generated."""
+    tokens and cut to fit max_seq_len; returns [example][sample] token lists and the tokens generated.
+    ``backend``: a GenerationBackend to generate with instead of HF on ``model``."""
     from harness.generation import generate_ids
 
     prompts = [r.prompt_ids for r in rows]
-    per_seed = [generate_ids(model, prompts, max_new_tokens, pad_id=tokenizer.pad_token_id,
+    per_seed = [generate_ids(backend or model, prompts, max_new_tokens, pad_id=tokenizer.pad_token_id,
                              eos_id=tokenizer.eos_token_id, do_sample=True, temperature=1.0, top_p=0.95,
                              seed=seed * 1000 + j, desc=f"{desc} {j + 1}/{n}") for j in range(n)]
     generated = sum(len(o) for outs in per_seed for o in outs)
@@ -186,16 +216,18 @@ def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt
 
 @torch.no_grad()
 def compute_advantage(student, dpo, ref, rows: list[Encoded], k: int, vocab_limit: int, pad_id: int, eos_id: int,
-                      max_new_tokens: int, max_seq_len: int, desc: str) -> tuple[dict, dict]:
+                      max_new_tokens: int, max_seq_len: int, desc: str, *, backend=None) -> tuple[dict, dict]:
     """ADPA's inputs: the student's greedy answers (as the official code, temperature 0), and at every answer
     position the DPO teacher's top-k (over ids < vocab_limit) with its log-probs, the reference model's exact
     log-probs of those k tokens, and whether each is also in the reference's own top-k (the official code only
-    knew the reference's top-k and imputed the rest; ``clamped_official`` mode needs the flag to do the same)."""
+    knew the reference's top-k and imputed the rest; ``clamped_official`` mode needs the flag to do the same).
+    ``backend``: a GenerationBackend to generate the answers with instead of HF on ``student``."""
     from harness.generation import generate_ids
 
-    device = next(student.parameters()).device
+    device = next(dpo.parameters()).device  # the student may be generating in another engine
     prompts = [r.prompt_ids for r in rows]
-    outs = generate_ids(student, prompts, max_new_tokens, pad_id=pad_id, eos_id=eos_id, desc=f"{desc}: greedy answers")
+    outs = generate_ids(backend or student, prompts, max_new_tokens, pad_id=pad_id, eos_id=eos_id,
+                        desc=f"{desc}: greedy answers")
     responses = [o[: max_seq_len - len(p)] or [eos_id] for o, p in zip(outs, prompts)]
     fields = {"topk_ids": [], "dpo_logps": [], "ref_logps": [], "ref_in_topk": []}
     forwarded = 0
@@ -306,24 +338,37 @@ def load_signal(folder: Path) -> dict:
     return load_file(str(folder / "signal.safetensors"))
 
 
-def place_rows(data: dict, fields: tuple[str, ...], index: list[int], seqs: Sequences) -> dict:
+def load_topk(folder: Path) -> TopkReader:
+    """A cached top-k signal, memory-mapped (written by ``compute_topk(..., out=folder)``)."""
+    return TopkReader(folder)
+
+
+def place_rows(data: dict | TopkReader, fields: tuple[str, ...], index: list[int], seqs: Sequences) -> dict:
     """Place each example's stored per-token rows at its response positions of the padded micro-batch:
-    [B, T-1, ...] per field (zeros elsewhere)."""
+    [B, T-1, ...] per field (zeros elsewhere). ``data`` is the flat in-memory form (rows plus ``offsets``) or a
+    top-k store's reader (which reads only these examples' rows)."""
     b, t = seqs.input_ids.shape[0], seqs.input_ids.shape[1] - 1
-    out = {f: torch.zeros((b, t, *data[f].shape[1:]), dtype=data[f].dtype) for f in fields}
+    if isinstance(data, TopkReader):
+        specs = data.fields
+        examples = (data[i] for i in index)
+    else:
+        specs = {f: (data[f].dtype, tuple(data[f].shape[1:])) for f in fields}
+        bounds = ((int(data["offsets"][i]), int(data["offsets"][i + 1])) for i in index)
+        examples = ({f: data[f][lo:hi] for f in fields} for lo, hi in bounds)
+    out = {f: torch.zeros((b, t, *specs[f][1]), dtype=specs[f][0]) for f in fields}
     mask = seqs.labels[:, 1:] != IGNORE
-    for row, i in enumerate(index):
-        lo, hi = int(data["offsets"][i]), int(data["offsets"][i + 1])
+    for row, (i, rows) in enumerate(zip(index, examples)):
         pos = mask[row].nonzero().squeeze(-1)
-        if len(pos) != hi - lo:
-            raise BenchError(f"Cached teacher signal for example {i} covers {hi - lo} tokens but the batch has "
+        stored = rows[fields[0]].shape[0]
+        if len(pos) != stored:
+            raise BenchError(f"Cached teacher signal for example {i} covers {stored} tokens but the batch has "
                              f"{len(pos)}; the cache does not match this tokenisation. Delete the cache folder.")
         for f in fields:
-            out[f][row, pos] = data[f][lo:hi]
+            out[f][row, pos] = rows[f]
     return out
 
 
-def collate_topk(data: dict, index: list[int], seqs: Sequences) -> dict:
+def collate_topk(data: dict | TopkReader, index: list[int], seqs: Sequences) -> dict:
     out = place_rows(data, ("ids", "logps", "rest"), index, seqs)
     out["ids"] = out["ids"].long()
     return out

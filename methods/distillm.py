@@ -3,6 +3,7 @@ responses and, adaptively, on the student's own generations kept in a replay buf
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -111,6 +112,14 @@ class DistiLLM(Method):
 
     def start_training(self):
         self.state = None
+
+    def state_dict(self) -> dict:
+        return {"adaptive": None if self.state is None else dataclasses.asdict(self.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        st = state.get("adaptive")
+        self.state = None if st is None else AdaptiveState(
+            **{**st, "buffer": [(list(p), list(r)) for p, r in st["buffer"]]})
 
     def _validate(self, model) -> float:
         rows = self.runtime.validation[: self.config.validation_examples]

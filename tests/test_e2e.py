@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +172,37 @@ def test_outside_method_registered_through_entry_point(workspace, tmp_path):
     curve = list(csv.DictReader((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_nll/loss_curve.csv")
                                 .read_text().splitlines()))
     assert "term/nll_rejected" in curve[0]
+
+
+def test_a_nan_loss_stops_that_method_and_the_others_finish(workspace, tmp_path):
+    """A plugin method whose loss turns NaN at step 2: it stops with a diagnostic, the method that starts from
+    it is skipped, sft still gets its record and the leaderboard, and the command exits non-zero."""
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "nan_method.py", plugin / "nan_method.py")
+    info = plugin / "nan_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nan-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[bench.methods]\nnan_method = nan_method\n")
+    root = workspace["root"]
+    args = list(workspace["args"])
+    args[args.index("--methods") + 1] = "nan_at_step2,after_nan,sft"
+    args[args.index("--results-dir") + 1] = str(tmp_path / "results")
+    args[args.index("--leaderboard-dir") + 1] = str(tmp_path / "leaderboards")
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env={**os.environ, "PYTHONPATH": str(plugin)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 3, done.stderr[-3000:]
+    run_dir = tmp_path / "results/smollm2-135m/tiny-seed0"
+    failure = json.loads((run_dir / "nan_at_step2" / "failure.json").read_text())
+    assert failure["step"] == 2 and failure["loss"] == "nan" and math.isfinite(failure["last_finite_loss"])
+    assert len(failure["rows"]) == 2 and all(len(mb) == 2 for mb in failure["rows"])  # grad_accum x batch_size
+    assert not (run_dir / "nan_at_step2" / "record.json").exists()
+    assert not (run_dir / "after_nan").exists()
+    assert (run_dir / "sft" / "record.json").exists() and (run_dir / "teacher" / "record.json").exists()
+    assert "after_nan: skipped: it starts from nan_at_step2" in done.stderr
+    assert "error: 2 method(s) did not finish" in done.stderr and "Traceback" not in done.stderr
+    assert re.search(r"^\| (\*\*)?sft(\*\*)? \|", (tmp_path / "leaderboards" / "smollm2-135m.md").read_text(), re.M)
+    assert list((root / "cache" / "train").glob(".partial-*")) == []  # no resume folder left behind
 
 
 def test_shared_warm_start_moves_the_starting_point(workspace):
@@ -395,3 +429,114 @@ def test_bench_run_scores_benchmarks_in_the_same_command(workspace):
     assert {"teacher", "student-init", "sft", "kd"} <= rows and "rkl" not in rows  # what it trained, the references
     board = (workspace["root"] / "leaderboards" / "smollm2-135m.md").read_text()
     assert "### Benchmarks" in board and "MT-Bench (1-10)" in board
+
+
+# ---------------------------------------------------------------- killed runs resume (a real SIGKILL)
+
+def start(args: list[str]) -> tuple[subprocess.Popen, list[bytes]]:
+    """A `bench` process whose stderr is collected as it arrives (progress bars end lines with \\r, not \\n)."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+
+    def pump():
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            chunks.append(chunk)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, chunks
+
+
+def kill_when(proc: subprocess.Popen, chunks: list[bytes], ready, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, b"".join(chunks).decode(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def copy_cache(workspace, dest: Path, parts=("signals", "eval", "answers")) -> Path:
+    """The finished stages a resumed run should reuse (not the multi-GB checkpoints it does not need)."""
+    for part in parts:
+        if (workspace["root"] / "cache" / part).exists():
+            shutil.copytree(workspace["root"] / "cache" / part, dest / part)
+    return dest
+
+
+def test_a_run_killed_while_sampling_and_while_training_resumes_to_the_same_metrics(workspace, tmp_path):
+    """seqkd samples the teacher's answers, then trains. Killed (SIGKILL) during the sampling, then again after a
+    training checkpoint, the same command ends with the metrics and loss curve of a run never interrupted."""
+    cache = copy_cache(workspace, tmp_path / "cache")
+
+    def args(results: str) -> list[str]:
+        a = list(workspace["args"])
+        a[a.index("--methods") + 1] = "seqkd"
+        for flag, value in (("--results-dir", tmp_path / results), ("--leaderboard-dir", tmp_path / f"lb-{results}"),
+                            ("--cache-dir", cache)):
+            a[a.index(flag) + 1] = str(value)
+        return a + ["--set", "max_steps=4", "--checkpoint-every", "1"]
+
+    straight = subprocess.run([sys.executable, "-m", "harness.cli", *args("straight")], capture_output=True, text=True,
+                              timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    row = tmp_path / "straight/smollm2-135m/tiny-seed0/seqkd"
+    record = json.loads((row / "record.json").read_text())
+    samples_key = record["compute"]["signal_stages"]["teacher_samples"]["stage_key"]
+    train_key = record["train_stage_key"]
+    for stage in (cache / "signals" / samples_key, cache / "train" / train_key,
+                  cache / "eval" / record["evaluation"]["stage_key"]):
+        shutil.rmtree(stage)  # to be computed again, and interrupted
+
+    proc, err = start(args("resumed"))
+    kill_when(proc, err, lambda: b"signal teacher_samples (train)" in b"".join(err))
+    assert not (cache / "signals" / samples_key).exists()  # no half-written stage
+    checkpoints = cache / "train" / f".partial-{train_key}" / "checkpoints"
+    proc, err = start(args("resumed"))
+    kill_when(proc, err, lambda: any(checkpoints.glob("step-*")))
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args("resumed")], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"train seqkd: resuming from the checkpoint at step [123]", done.stderr)
+    assert not checkpoints.parent.exists()  # the finished stage removed its resume folder
+    resumed = tmp_path / "resumed/smollm2-135m/tiny-seed0/seqkd"
+    assert json.loads((resumed / "metrics.json").read_text()) == json.loads((row / "metrics.json").read_text())
+    assert (resumed / "loss_curve.csv").read_text() == (row / "loss_curve.csv").read_text()
+    assert (resumed / "answers.jsonl").read_text() == (row / "answers.jsonl").read_text()
+
+
+def test_an_evaluation_killed_while_judging_resumes_to_the_same_scores(workspace, tmp_path):
+    """MT-Bench judged by the local teacher: killed (SIGKILL) after the first judgments reached the judgment
+    cache, the same command makes only the missing calls and ends with the scores of an uninterrupted one."""
+    def setup(name: str) -> list[str]:
+        results = tmp_path / name / "results"
+        shutil.copytree(workspace["root"] / "results/smollm2-135m/tiny-seed0/teacher",
+                        results / "smollm2-135m/tiny-seed0/teacher")
+        cache = copy_cache(workspace, tmp_path / name / "cache", parts=("answers",))
+        return ["eval", "--benchmarks", "mt_bench", "--judge", "local:teacher", "--rows", "teacher", "--limit", "2",
+                "--max-new-tokens", "8", "--judge-max-tokens", "48", "--run", "tiny-seed0",
+                "--data-dir", workspace["args"][workspace["args"].index("--data-dir") + 1],
+                "--results-dir", str(results), "--leaderboard-dir", str(tmp_path / name / "lb"),
+                "--cache-dir", str(cache)]
+
+    straight_args, resumed_args = setup("straight"), setup("resumed")
+    straight = subprocess.run([sys.executable, "-m", "harness.cli", *straight_args], capture_output=True, text=True,
+                              timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    journal = tmp_path / "resumed/cache/judgments/judgments.jsonl"
+    proc, err = start(resumed_args)
+    kill_when(proc, err, lambda: journal.exists() and journal.read_text().count("\n") >= 1)
+    n_before = journal.read_text().count("\n")
+    assert n_before < 4  # killed before every judgment was made
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *resumed_args], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"({4 - n_before} judge calls, {n_before} cached)" in done.stderr
+    result = "results/smollm2-135m/tiny-seed0/teacher/benchmarks/mt_bench"
+    a = json.loads((tmp_path / "straight" / f"{result}.json").read_text())
+    b = json.loads((tmp_path / "resumed" / f"{result}.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    judged = [{k: v for k, v in json.loads(x).items()} for x in (tmp_path / "straight" / f"{result}_judgments.jsonl")
+              .read_text().splitlines()]
+    assert judged == [json.loads(x) for x in (tmp_path / "resumed" / f"{result}_judgments.jsonl").read_text().splitlines()]

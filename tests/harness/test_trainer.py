@@ -265,3 +265,92 @@ def test_prepared_batches_keep_their_prompts(tiny_model):
     rows = random_rows(8, seed=0)
     train(Spy(), tiny_model, rows, {}, budget(max_steps=1), PAD, seed=0, desc="test")
     assert seen and all(prompts == [rows[i].prompt_ids for i in index] for index, prompts in seen)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StatefulSFT(SFT):
+    """SFT with state kept across steps (the optimizer steps it has seen), like DistiLLM's adaptive buffer;
+    raises at ``stop_at`` to stand in for a killed process."""
+
+    registered_name = "stateful-sft"
+
+    def __init__(self, stop_at: int | None = None):
+        super().__init__()
+        self.stop_at, self.seen = stop_at, []
+
+    def start_training(self):
+        self.seen = []
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = list(state["seen"])
+
+    def prepare_batch(self, model, batch, rng):
+        if self.step == self.stop_at:
+            raise Interrupted
+        if not self.seen or self.seen[-1] != self.step:
+            self.seen.append(self.step)
+        return batch
+
+
+def test_training_resumed_from_a_checkpoint_ends_exactly_where_an_uninterrupted_one_does(tiny_model, tmp_path):
+    from harness.trainer import Checkpointing
+
+    rows = random_rows(8, seed=0)
+    b = budget(max_steps=7, lr_schedule="cosine", warmup_ratio=0.2)  # the schedule's position must be restored
+    start = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    straight_method = StatefulSFT()
+    straight = train(straight_method, tiny_model, rows, {}, b, PAD, seed=0)
+    final = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+
+    ck = Checkpointing(tmp_path / "ck", every_steps=2)
+    tiny_model.load_state_dict(start)
+    with pytest.raises(Interrupted):
+        train(StatefulSFT(stop_at=6), tiny_model, rows, {}, b, PAD, seed=0, checkpoints=ck)
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-0000004"]  # only the newest is kept
+    tiny_model.load_state_dict(start)  # a new process starts from the initial weights again
+    resumed_method = StatefulSFT()
+    resumed = train(resumed_method, tiny_model, rows, {}, b, PAD, seed=0, checkpoints=ck)
+
+    assert resumed.loss_curve == straight.loss_curve  # bit for bit: weights, Adam moments, lr, RNG restored
+    assert resumed.student_tokens == straight.student_tokens and resumed.optimizer_steps == 7
+    assert resumed_method.seen == straight_method.seen == list(range(1, 8))
+    for name, w in tiny_model.state_dict().items():
+        assert torch.equal(w, final[name]), name
+    assert not torch.equal(final["lm_head.weight"], start["lm_head.weight"])
+
+
+def test_a_checkpoint_from_another_process_count_is_refused(tiny_model, tmp_path):
+    from harness.trainer import Checkpointing
+
+    rows = random_rows(8, seed=0)
+    ck = Checkpointing(tmp_path / "ck", every_steps=1)
+    with pytest.raises(Interrupted):
+        train(StatefulSFT(stop_at=3), tiny_model, rows, {}, budget(), PAD, seed=0, checkpoints=ck)
+    state = ck.latest() / "state.json"
+    import json
+
+    data = json.loads(state.read_text())
+    data["per_rank"] = []
+    state.write_text(json.dumps(data))
+    with pytest.raises(BenchError, match="written by 0 process"):
+        train(StatefulSFT(), tiny_model, rows, {}, budget(), PAD, seed=0, checkpoints=ck)
+
+
+def test_distillm_state_survives_a_checkpoint():
+    from methods.distillm import AdaptiveState, DistiLLM
+
+    m = DistiLLM()
+    m.state = AdaptiveState(threshold=0.3, best=2.5, buffer=[([1, 2], [3, 4, 5])], last_validated=4,
+                            draws={"data": 2, "generated": 1, "replayed": 1})
+    import json
+
+    back = DistiLLM()
+    back.load_state_dict(json.loads(json.dumps(m.state_dict())))
+    assert back.state == m.state
+    assert DistiLLM().state_dict() == {"adaptive": None}

@@ -1,0 +1,62 @@
+"""One writer per results folder.
+
+Two `bench` processes writing the same results folder would interleave records and leaderboards; the second one
+stops at once with a message naming the first. The lock is an OS file lock (``fcntl.flock``), so a killed process
+releases it with its last file descriptor and no stale lock file has to be cleaned up by hand.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import BenchError
+
+LOCK_NAME = ".bench.lock"
+
+
+class LockedError(BenchError):
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+@contextmanager
+def results_lock(results_dir: Path, command: str = ""):
+    """Hold the results folder's lock for the duration of the block, or fail with who holds it."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            raise LockedError(
+                f"The results folder {results_dir} is in use by another bench process ({holder}). Wait for it to "
+                "finish, or give this command another --results-dir. Nothing was changed."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # an unheld lock names nobody (and leaves the folder's files as they were)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "holder unknown"
+    command = f", running `{info['command']}`" if info.get("command") else ""
+    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}{command}"
