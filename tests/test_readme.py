@@ -28,3 +28,27 @@ def test_readme_plot_is_a_committed_file():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     path = "leaderboards/plots/smollm2-135m/smoke-seed0/quality_vs_compute.png"
     assert f"]({path})" in readme and (ROOT / path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_speed_figures_are_the_committed_benchmark_output():
+    """Every speed figure the README quotes is the committed benchmarks/results JSON's, rounded as printed."""
+    import json
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Speed**"):readme.index("**Faults.**")]
+    report = json.loads((ROOT / "benchmarks" / "results" / "speed-cpu-2core.json").read_text())
+    cost = {m: f"{v['token_cost_ratio']:.2f}" for m, v in report["methods"].items()}
+    trl = {m: f"{v['ratio']:.2f}" for m, v in report["trl"].items() if "ratio" in v}
+    gen, mem, flops = report["generation"], report["memory"], report["flops"]
+    expected = [
+        " / ".join(cost[m] for m in ("kd", "dckd", "dpo", "simpo")),
+        " / ".join(cost[m] for m in ("rkl", "distillm", "gkd", "kd-live")),
+        *(f"| {trl[m]} |" for m in ("dpo", "kd", "kd-live", "gkd-offpolicy")),
+        f"{gen['batched']['tokens_per_s']:.1f} vs {gen['one_at_a_time']['tokens_per_s']:.1f} new tokens/s = "
+        f"{gen['speedup']:.2f}×",
+        f"{mem['kd']['peak_rss_mib']:,.0f} vs {mem['kd-live']['peak_rss_mib']:,.0f} MiB",
+        f"{flops['achieved_flops'] / 1e9:.1f} / {flops['peak_flops'] / 1e9:.1f} GFLOP/s = {flops['utilisation']:.1%}",
+        f"{report['trl']['optimizer_step']['fused_s']:.2f} s fused and {report['trl']['optimizer_step']['ours_s']:.2f} s",
+    ]
+    missing = [figure for figure in expected if figure not in section]
+    assert not missing, f"README speed figures differ from the committed benchmark output: {missing}"
