@@ -14,14 +14,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.loopback_judge import JudgeServer, chat_completion
 from tests.fixtures.results_tree import build_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,43 +322,6 @@ def test_results_folder_locked_by_another_process(ws):
 
 JUDGE_ARGS = ["--benchmarks", "mt_bench", "--run", RUN, "--rows", "teacher", "--limit", "1", "--max-new-tokens",
               "4", "--judge-max-tokens", "8"]
-
-
-class JudgeServer:
-    """A real OpenAI-compatible endpoint on loopback that answers every chat completion with ``reply``."""
-
-    def __init__(self, reply: str, content_type: str = "application/json"):
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({**body, "_auth": self.headers.get("Authorization")})
-                payload = reply.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def chat_completion(text: str) -> str:
-    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "judge",
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": text}}],
-                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
 
 def closed_port() -> int:

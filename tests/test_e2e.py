@@ -148,15 +148,21 @@ def test_failed_invocation_loses_nothing(workspace):
     assert before == {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
 
 
-def test_outside_method_registered_through_entry_point(workspace, tmp_path):
+def plugin_env(tmp_path: Path, module: str, entry: str) -> dict:
+    """The environment of a subprocess that sees tests/fixtures/<module>.py installed as an outside package whose
+    `bench.methods` entry point `entry` names it."""
     plugin = tmp_path / "plugin"
     plugin.mkdir()
-    shutil.copy(Path(__file__).parent / "fixtures" / "outside_method.py", plugin / "outside_method.py")
-    info = plugin / "outside_method-0.1.dist-info"
+    shutil.copy(Path(__file__).parent / "fixtures" / f"{module}.py", plugin / f"{module}.py")
+    info = plugin / f"{module}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-method\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[bench.methods]\noutside_nll = outside_method\n")
-    env = {**os.environ, "PYTHONPATH": str(plugin)}
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[bench.methods]\n{entry} = {module}\n")
+    return {**os.environ, "PYTHONPATH": str(plugin)}
+
+
+def test_outside_method_registered_through_entry_point(workspace, tmp_path):
+    env = plugin_env(tmp_path, "outside_method", "outside_nll")
     args = list(workspace["args"])
     args[args.index("--methods") + 1] = "outside_nll,sft"
     args += ["--option", "outside_nll.scale=2.0"]
@@ -177,19 +183,13 @@ def test_outside_method_registered_through_entry_point(workspace, tmp_path):
 def test_a_nan_loss_stops_that_method_and_the_others_finish(workspace, tmp_path):
     """A plugin method whose loss turns NaN at step 2: it stops with a diagnostic, the method that starts from
     it is skipped, sft still gets its record and the leaderboard, and the command exits non-zero."""
-    plugin = tmp_path / "plugin"
-    plugin.mkdir()
-    shutil.copy(Path(__file__).parent / "fixtures" / "nan_method.py", plugin / "nan_method.py")
-    info = plugin / "nan_method-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nan-method\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[bench.methods]\nnan_method = nan_method\n")
+    env = plugin_env(tmp_path, "nan_method", "nan_method")
     root = workspace["root"]
     args = list(workspace["args"])
     args[args.index("--methods") + 1] = "nan_at_step2,after_nan,sft"
     args[args.index("--results-dir") + 1] = str(tmp_path / "results")
     args[args.index("--leaderboard-dir") + 1] = str(tmp_path / "leaderboards")
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env={**os.environ, "PYTHONPATH": str(plugin)},
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 3, done.stderr[-3000:]
     run_dir = tmp_path / "results/smollm2-135m/tiny-seed0"

@@ -11,57 +11,21 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from harness.errors import BenchError
+from tests.fixtures.loopback_judge import JudgeServer, chat_completion
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIR = "smollm2-135m"
 
 
 # ---------------------------------------------------------------- API keys
-
-
-class RatingJudge:
-    """A real OpenAI-compatible endpoint on loopback: every chat completion is an MT-Bench verdict of 5. It keeps
-    the Authorization header of every request, to prove that the key was sent."""
-
-    def __init__(self):
-        self.auth: list[str | None] = []
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judge.auth.append(self.headers.get("Authorization"))
-                payload = json.dumps({
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "judge",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "The answer is fine. Rating: [[5]]"}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +36,7 @@ def judged_run(tmp_path_factory, shared_dir):
 
     root = tmp_path_factory.mktemp("keys")
     secret = f"sk-bench-SECRET-{uuid.uuid4().hex}"
-    judge = RatingJudge()
+    judge = JudgeServer(chat_completion("The answer is fine. Rating: [[5]]"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OPENAI_API_KEY": secret}
     started = time.time()
     try:
@@ -91,7 +55,7 @@ def judged_run(tmp_path_factory, shared_dir):
     (root / "logs" / "stderr.log").write_text(proc.stderr)
     # Converted models are shared between sessions; whatever this run added or rewrote there is scanned too.
     converted = [p for p in model_cache_dir().rglob("*") if p.is_file() and p.stat().st_mtime >= started]
-    return {"root": root, "secret": secret, "auth": judge.auth, "extra_files": converted}
+    return {"root": root, "secret": secret, "auth": [r["_auth"] for r in judge.requests], "extra_files": converted}
 
 
 @pytest.mark.slow
