@@ -48,8 +48,8 @@ class StageCache:
         return self.root / stage / key
 
     def partial(self, stage: str, key: str) -> Path:
-        """Work in progress on a stage that must survive a kill (training checkpoints, generation journals); the
-        stage removes it once its output is in place."""
+        """Work in progress on a stage that must survive a kill (training checkpoints, generation journals);
+        ``build`` removes it once the stage's output is in place."""
         return self.root / stage / f".partial-{key}"
 
     def has(self, stage: str, key: str) -> bool:
@@ -57,7 +57,8 @@ class StageCache:
 
     @contextmanager
     def build(self, stage: str, key: str):
-        """Yield a fresh folder to write the stage's output into; it becomes visible only on success."""
+        """Yield a fresh folder to write the stage's output into; it becomes visible only on success, and the
+        stage's work in progress (``partial``) is then removed."""
         final = self.path(stage, key)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True, exist_ok=False)
@@ -71,6 +72,7 @@ class StageCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(self.partial(stage, key), ignore_errors=True)
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -230,7 +230,6 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     ``any_backend``: ``make`` generates only through harness.generation, so ``model`` may be the
     GenerationBackend that $BENCH_GENERATION_BACKEND picks; otherwise it is always the HF model. A killed run
     resumes its generation from the batches journalled so far."""
-    import shutil
 
     from harness.generation import backend_key, choose_engine, resumable
     from harness.models import load_tokenizer
@@ -240,8 +239,7 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     key = stable_hash({"answers": benchmark, "model": model_key(pair, row, record), "questions": ids,
                        **settings, "seed": opts.seed, "bench": harness.__version__, **backend_key(engine)})
     if not cache.has("answers", key):
-        partial = cache.partial("answers", key)
-        with resumable(partial):
+        with resumable(cache.partial("answers", key)):
             if engine == "vllm":
                 model = row_vllm_backend(opts, pair, row, record)
             else:
@@ -250,7 +248,6 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
             del model
         with cache.build("answers", key) as out:
             write_json_atomic(out / "answers.json", answers)
-        shutil.rmtree(partial, ignore_errors=True)
     return json.loads((cache.path("answers", key) / "answers.json").read_text()), key
 
 

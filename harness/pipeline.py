@@ -226,7 +226,6 @@ class Run:
             with self.cache.build("warmstart", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "train.json", vars(result))
-            shutil.rmtree(self.cache.partial("warmstart", key), ignore_errors=True)
         model = load_model_from(self.cache.path("warmstart", key) / "checkpoint")
         return model.to(self.device)
 
@@ -291,7 +290,6 @@ class Run:
             with self.cache.build("teacher_dpo", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "info.json", info)
-            shutil.rmtree(self.cache.partial("teacher_dpo", key), ignore_errors=True)
             say(f"teacher DPO: final loss {info['final_loss']:.4f} in {info['wall_clock_s']:.0f}s")
         folder = self.cache.path("teacher_dpo", key)
         info = {**json.loads((folder / "info.json").read_text()), "stage_key": key}
@@ -367,7 +365,6 @@ class Run:
             with self.cache.build("signals", key) as out:
                 save_signal(data, out)
                 write_json_atomic(out / "info.json", info)
-            shutil.rmtree(self.cache.partial("signals", key), ignore_errors=True)  # its generation journal
             say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
         folder = self.cache.path("signals", key)
         return load_signal(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
@@ -498,7 +495,6 @@ class Run:
                 write_json_atomic(out / "eval.json", info)
                 _write_jsonl(out / "per_example.jsonl", per_example)
                 _write_jsonl(out / "answers.jsonl", answers)
-            shutil.rmtree(self.cache.partial("eval", key), ignore_errors=True)
             say(f"eval {label}: " + ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics.items()))
         return {"folder": self.cache.path("eval", key), "key": key,
                 **json.loads((self.cache.path("eval", key) / "eval.json").read_text())}
@@ -533,7 +529,7 @@ class Run:
             tmp = folder / f".checkpoint-{os.getpid()}"
             model.save_pretrained(tmp, safe_serialization=True)
             os.replace(tmp, folder / "checkpoint")
-        shutil.rmtree(self.cache.partial("train", key), ignore_errors=True)  # its resume checkpoints
+            shutil.rmtree(self.cache.partial("train", key), ignore_errors=True)  # its resume checkpoints
         return {"key": key, "folder": folder, "model": model}
 
     def checkpointing(self, stage: str, key: str) -> Checkpointing:

@@ -63,6 +63,20 @@ def test_build_failure_leaves_nothing(tmp_path, exc):
     assert list((tmp_path / "train").iterdir()) == []
 
 
+def test_work_in_progress_survives_a_failed_build_and_goes_with_a_finished_one(tmp_path):
+    cache = StageCache(tmp_path)
+    journal = cache.partial("signals", "k3") / "generation.jsonl"
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"batch": 0}\n')
+    with pytest.raises(RuntimeError):
+        with cache.build("signals", "k3"):
+            raise RuntimeError("killed")
+    assert journal.read_text() == '{"batch": 0}\n'  # the resume point is kept for the next attempt
+    with cache.build("signals", "k3") as folder:
+        (folder / "out.json").write_text("{}")
+    assert cache.has("signals", "k3") and not cache.partial("signals", "k3").exists()
+
+
 def test_build_when_another_run_finished_first_keeps_theirs(tmp_path):
     cache = StageCache(tmp_path)
     with cache.build("eval", "k3") as folder:
