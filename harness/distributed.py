@@ -45,11 +45,10 @@ class Launcher:
                              "path of an accelerate config file (`accelerate config` writes one).")
 
     def check(self, budget) -> None:
-        """Before any work: each process takes every N-th micro-batch of a step, so N must divide grad_accum."""
-        if budget.grad_accum % self.processes:
-            raise BenchError(f"grad_accum ({budget.grad_accum}) must be a multiple of the number of processes "
-                             f"({self.processes}): each process takes every {self.processes}-th micro-batch of an "
-                             f"optimizer step. Use --set grad_accum=... (a multiple of {self.processes}).")
+        """Before any work, the check each worker's trainer would make."""
+        from harness.trainer import check_process_split
+
+        check_process_split(budget, self.processes)
 
     @property
     def distributed(self) -> bool:

@@ -242,15 +242,21 @@ def shard_teacher(accelerator: Accelerator, method: Method) -> None:
         method.runtime.teacher = engine.module.eval()
 
 
+def check_process_split(budget: Budget, processes: int) -> None:
+    """Each of N processes takes every N-th micro-batch of an optimizer step, so N must divide grad_accum."""
+    if budget.grad_accum % processes:
+        raise BenchError(f"grad_accum ({budget.grad_accum}) must be a multiple of the number of processes "
+                         f"({processes}): each process takes every {processes}-th micro-batch of an optimizer "
+                         f"step. Use --set grad_accum={processes * max(1, budget.grad_accum // processes)} "
+                         "(and adjust batch_size).")
+
+
 def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Budget, pad_id: int,
           seed: int, desc: str = "train", checkpoints: Checkpointing | None = None) -> TrainResult:
     set_seed(seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     n_proc, rank = accelerator.num_processes, accelerator.process_index
-    if budget.grad_accum % n_proc:
-        raise BenchError(f"grad_accum ({budget.grad_accum}) must be a multiple of the number of processes "
-                         f"({n_proc}): each process takes every {n_proc}-th micro-batch of a step. Use "
-                         f"--set grad_accum={n_proc * max(1, budget.grad_accum // n_proc)} (and adjust batch_size).")
+    check_process_split(budget, n_proc)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.learning_rate, weight_decay=budget.weight_decay)
     schedule = "constant_with_warmup" if budget.lr_schedule == "constant" else budget.lr_schedule
