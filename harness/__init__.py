@@ -1,3 +1,3 @@
 """bench: train preference-distillation methods under one budget and compare them."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

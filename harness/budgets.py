@@ -114,6 +114,14 @@ register_budget("smoke", Budget(
     teacher_top_k=50, samples_per_prompt=4,
 ))
 
+register_budget("cpu", Budget(
+    name="cpu",
+    description="A laptop left running for a few hours: 992 preference pairs once (248 steps), 200 held-out rows.",
+    train_examples=992, max_seq_len=192, max_prompt_len=64, batch_size=4, grad_accum=1, epochs=1,
+    learning_rate=5e-5, lr_schedule="cosine", warmup_ratio=0.1, gen_max_new_tokens=48, eval_examples=200,
+    gen_eval_examples=50, teacher_top_k=50, samples_per_prompt=4,
+))
+
 register_budget("paper", Budget(
     name="paper",
     description="GPU, the seed papers' scale: full preference set, 2048-token sequences, effective batch 128.",
@@ -121,6 +129,18 @@ register_budget("paper", Budget(
     learning_rate=5e-6, lr_schedule="cosine", warmup_ratio=0.1, samples_per_prompt=4,
     gen_max_new_tokens=1024, eval_examples=2000, gen_eval_examples=500, teacher_top_k=50, warmstart_steps=0,
 ))
+
+
+def comparable(budget: dict) -> dict:
+    """A recorded budget in the form two records are compared in (are these runs the same budget but for the
+    seed?): every field of today's Budget, with its default where an older record lacks it (a field added later
+    compares equal at its default), less the seed and the description (prose, not budget)."""
+    out = {}
+    for f in dataclasses.fields(Budget):
+        if f.name in ("seed", "description"):
+            continue
+        out[f.name] = budget.get(f.name, f.default)
+    return out
 
 
 def get_budget(name: str) -> Budget:

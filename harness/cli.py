@@ -151,6 +151,9 @@ def main():
               help="Override a budget field for this run, e.g. --set max_steps=4 (recorded with the results).")
 @click.option("--option", "method_set", multiple=True, metavar="METHOD.FIELD=VALUE",
               help="Set a method config field, e.g. --option dpo.beta=0.05.")
+@click.option("--recipe", default=None,
+              help="Run every method that has this recipe with it (official: the released code's; paper: the "
+                   "equation's); the others keep their default. Per method: --methods adpa@paper.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the budget's).")
 @click.option("--data-dir", envvar="BENCH_DATA_DIR", default=None,
               help="Folder holding local copies of data sets (env BENCH_DATA_DIR); unset = download from the hub.")
@@ -174,7 +177,7 @@ def main():
               help="Save a resumable training checkpoint every N optimizer steps (default: every 10 minutes). "
                    "A killed run resumes from it when the same command is run again.")
 @_eval_options
-def run(methods, pair, teacher, student, budget_name, budget_set, method_set, seed, data_dir, dataset, run_name,
+def run(methods, pair, teacher, student, budget_name, budget_set, method_set, recipe, seed, data_dir, dataset, run_name,
         results_dir, leaderboard_dir, cache_dir, benchmarks, processes, accelerate_config, checkpoint_every,
         **eval_kw):
     """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
@@ -205,14 +208,15 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, se
             raise BenchError(f"--option {key!r} must name METHOD.FIELD, e.g. dpo.beta=0.05.")
         method_options.setdefault(method, {})[field] = value
     for method, values in method_options.items():
+        from harness.recipes import split_row
         from harness.registry import METHODS
 
-        _check_types(METHODS.get(method).Config, values, "--option", f"{method}.")
+        _check_types(METHODS.get(split_row(method)[0]).Config, values, "--option", f"{method}.")
     check_writable(leaderboard_dir)
     opts = RunOptions(
         methods=[m.strip() for m in methods.split(",") if m.strip()], pair=the_pair, budget=budget,
         results_dir=results_dir, cache_dir=cache_dir or default_cache_dir(), data_dir=data_dir_from_env(data_dir),
-        dataset=dataset, run_name=run_name, method_options=method_options,
+        dataset=dataset, run_name=run_name, method_options=method_options, recipe=recipe,
         command=_command(), keep_weights=bool(benchmarks),
         launcher=Launcher(processes, accelerate_config), checkpoint_every=checkpoint_every,
     )
@@ -258,6 +262,15 @@ def methods():
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
         if fields:
             click.echo(f"{'':10s} config: {fields}")
+        for rname, recipe in (cls.recipes or {}).items():
+            default = " (default)" if rname == cls.default_recipe else ""
+            row = name if default else f"{name}@{rname}"
+            click.echo(f"{'':10s} recipe {rname}{default} [--methods {row}]: {recipe.description}")
+            lr = f"; released lr {recipe.learning_rate:g} (recorded, not applied)" if recipe.learning_rate else ""
+            click.echo(f"{'':12s} from {recipe.source}{lr}")
+            for field, value in recipe.values.items():
+                where = recipe.provenance.get(field, "")
+                click.echo(f"{'':12s} {field}={value!r}" + (f"  <- {where}" if where else ""))
 
 
 @main.command()

@@ -225,6 +225,18 @@ def resolve_source(name: str, data_dir: Path | None) -> DataSource:
     return DataSource(name, "hub", name, name)
 
 
+def portable_location(source: DataSource, data_dir: Path | None) -> str:
+    """Where the rows came from, as a record may store it: the hub id, a path relative to the data folder (written
+    ``<data-dir>/...``), or else relative to the working folder; never a machine's absolute path."""
+    if source.kind == "hub":
+        return source.location
+    path = Path(source.location).resolve()
+    for base, prefix in ((data_dir, "<data-dir>/"), (Path.cwd(), "")):
+        if base is not None and path.is_relative_to(Path(base).resolve()):
+            return prefix + path.relative_to(Path(base).resolve()).as_posix()
+    return path.name
+
+
 def _local_dir_source(name: str, folder: Path) -> DataSource:
     files = {s: _split_file(folder, s) for s in ("train", "test")}
     if files["train"] is None:
@@ -291,6 +303,9 @@ class Splits:
 SPARE_ROWS = 32
 
 
+EVAL_SEED = 1
+
+
 def load_splits(source: DataSource, n_train: int, n_eval: int, seed: int) -> Splits:
     """Seeded subsets of train and test; train rows whose prompt also appears in test are dropped first."""
     train, test = load_split(source, "train"), load_split(source, "test")
@@ -310,7 +325,9 @@ def load_splits(source: DataSource, n_train: int, n_eval: int, seed: int) -> Spl
         )
     rng = random.Random(seed)
     train_idx = sorted(rng.sample(range(len(clean)), n_train))
-    test_idx = sorted(random.Random(seed + 1).sample(range(len(test)), min(n_eval, len(test))))
+    # Held-out rows depend on the data alone, never on the training seed, so every seed of a budget is evaluated on
+    # the same rows and the seed spread measures training noise only. (EVAL_SEED = 1 keeps the rows seed 0 drew.)
+    test_idx = sorted(random.Random(EVAL_SEED).sample(range(len(test)), min(n_eval, len(test))))
     taken = set(train_idx)
     spare = [i for i in range(len(clean)) if i not in taken]
     random.Random(seed + 2).shuffle(spare)
@@ -358,8 +375,11 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def response_ids(tokenizer, messages: list[dict], response: str) -> list[int]:
-    """The tokens the template puts after the generation prompt, up to and including the end-of-turn token."""
+def response_ids(tokenizer, messages: list[dict], response: str, finished: bool = True) -> list[int]:
+    """The tokens the template puts after the generation prompt, up to and including the end-of-turn token.
+
+    ``finished=False`` (a generated answer cut at the token limit) leaves the end-of-turn token out: a training
+    target or a teacher score must not read a cut answer as one that stopped there."""
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prompt_text):
@@ -371,6 +391,8 @@ def response_ids(tokenizer, messages: list[dict], response: str) -> list[int]:
         ids = ids[: len(ids) - ids[::-1].index(eos)]  # drop what the template adds after the end of turn
     elif eos is not None:
         ids = ids + [eos]
+    if not finished and len(ids) > 1 and ids[-1] == eos:  # (an answer of no text keeps its end-of-turn)
+        ids = ids[:-1]
     return ids
 
 

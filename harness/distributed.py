@@ -131,8 +131,8 @@ def launch(launcher: Launcher, opts, method: str, out: Path) -> tuple[object, di
 def worker(spec_path: str) -> None:
     """One process of a distributed training: rebuild the run, train the method, main process writes results."""
     import methods  # noqa: F401  (registers the built-in methods)
+    from harness import recipes
     from harness.pipeline import Run, build_methods
-    from harness.registry import METHODS
     from harness.trainer import NonFiniteLoss
 
     spec = json.loads(Path(spec_path).read_text())
@@ -142,7 +142,7 @@ def worker(spec_path: str) -> None:
     r.methods = dict(build_methods(opts))
     r.prepare_data()
     name = spec["method"]
-    method = r.methods.get(name) or METHODS.get(name)()  # a dependency the run does not list: its defaults
+    method = r.methods.get(name) or recipes.build_row(name)  # a dependency the run does not list: its recipe
     main = int(os.environ.get("RANK", "0")) == 0
     try:
         model, info = r.train_here(name, method)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.budgets import comparable
 from harness.cache import stable_hash, write_text_atomic
 from harness.errors import BenchError
 from harness.questions import question_scores, read_jsonl
@@ -398,8 +399,7 @@ def seed_groups(records: list[dict]) -> list[list[dict]]:
     """Runs of one pair that differ only in their seed (same budget otherwise), when there are at least two."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for rec in records:
-        budget = {k: v for k, v in (rec.get("budget") or {}).items() if k != "seed"}
-        groups.setdefault(stable_hash(budget), {}).setdefault(rec["run"], []).append(rec)
+        groups.setdefault(stable_hash(comparable(rec.get("budget") or {})), {}).setdefault(rec["run"], []).append(rec)
     out = []
     for runs in groups.values():
         seeds = {recs[0]["seed"] for recs in runs.values()}
@@ -479,15 +479,23 @@ def seed_section(pair: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
               "method by mean." + (f" Rows run with only some of the seeds ({', '.join(partial)}) are in their "
                                    "runs' tables above." if partial else ""),
         notes=[f"[{n}] {d}." for d, n in notes.items()])
+    seed_table["empty"] = (
+        f"No row was run with every seed of this group ({', '.join(partial) or 'none'} ran with only some), so "
+        "there is no spread across seeds to show; each run's own table is above." if not rows else
+        "No column has a value from every seed, so there is no spread across seeds to show.")
     part = pd.DataFrame({"row": rows, "kind": [kinds[r] for r in rows]})
     model, diffs = differences_table(scope, part, group, notes, min_runs=len(runs))
     models = [seed_table]
     if model:
         model.update(section=section, title="Paired differences from the best method (question scores averaged "
                                             "over seeds)")
-        model["notes"].append("Each seed draws its own held-out rows, so for the offline metrics the i-th rows of "
-                              "the seeds are averaged together; all rows of one seed answered the same ones, so "
-                              "the differences stay paired. Benchmark questions are the same on every seed.")
+        same_rows = all(r.get("schema", 1) >= 2 for r in group)  # schema 2: held-out rows fixed by the data
+        model["notes"].append(
+            "Every seed was evaluated on the same held-out rows and benchmark questions, so each row's scores are "
+            "averaged over seeds and the differences stay paired." if same_rows else
+            "Records written before schema 2 drew their held-out rows with the training seed, so for the offline "
+            "metrics the i-th rows of the seeds are averaged together; all rows of one seed answered the same "
+            "ones, so the differences stay paired. Benchmark questions are the same on every seed.")
         models.append(model)
     return models, [{"pair": pair, "scope": scope, **d} for d in diffs]
 
@@ -615,7 +623,12 @@ def table_model(scope: str, table_id: str, title: str, columns: list[dict], rows
             "rows": rows, "notes": notes or []}
 
 
+EMPTY = "No row has a value in every column of this table, so it is left out."
+
+
 def md_table(model: dict) -> list[str]:
+    if not model["rows"] or not model["columns"]:  # never an empty `| model |` table: say why in words
+        return [f"### {model['title']}", "", model.get("empty") or EMPTY, ""]
     header = ["model"] + [c["label"] for c in model["columns"]]
     lines = [f"### {model['title']}", ""] + ([model["intro"], ""] if model.get("intro") else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

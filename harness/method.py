@@ -65,13 +65,21 @@ class Method:
     # Another method whose trained student this one starts from (ADPA+ starts from DCKD): a stage dependency.
     starts_from: ClassVar[str | None] = None
     registered_name: ClassVar[str] = ""
+    # Named configurations (harness/recipes.py): "official" (the released code's) and "paper" (the equation's).
+    # The config's dataclass defaults equal ``recipes[default_recipe]``.
+    recipes: ClassVar[dict] = {}
+    default_recipe: ClassVar[str | None] = None
 
-    def __init__(self, config: MethodConfig | None = None):
+    def __init__(self, config: MethodConfig | None = None, recipe: str | None = None):
         self.config = config if config is not None else self.Config()
+        self.recipe = recipe if recipe is not None else self.default_recipe
         self.runtime: Runtime | None = None
         # Work done inside prepare_batch/loss beyond the student's own forward passes, for compute records.
         self.usage = {"teacher_tokens": 0, "generated_tokens": 0, "student_forward_tokens": 0}
         self.step = 0  # the optimizer step being prepared (1-based), set by the trainer
+
+    def check_pair(self, pair) -> None:
+        """Raise a BenchError, before any work, when this configuration cannot run on ``pair``."""
 
     def signal_options(self, name: str) -> dict:
         """Settings of this method's config that change how a needed signal is computed (they join its cache

@@ -23,6 +23,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 import harness
+from harness import recipes
 from harness.budgets import Budget
 from harness.cache import StageCache, stable_hash, write_json_atomic, write_text_atomic
 from harness.data import (
@@ -30,12 +31,14 @@ from harness.data import (
     encode,
     ensure_chat_template,
     load_splits,
+    portable_location,
     resolve_source,
 )
 from harness.distributed import Launcher, launch
 from harness.errors import BenchError
 from harness.evaluate import evaluate
 from harness.generation import backend_key, choose_engine, resumable, select_backend
+from harness.mcq import load_template, most_different, teacher_mcq
 from harness.method import Runtime
 from harness.models import count_parameters, folder_parameters, load_model, load_tokenizer, materialise
 from harness.pairs import Pair
@@ -48,18 +51,21 @@ from harness.signals import (
     load_signal,
     load_topk,
     mean_logps,
-    most_different,
+    model_drift,
     pack,
     parse_signal,
     sample_many,
     save_signal,
-    teacher_mcq,
 )
 from harness.topk_store import VERSION as TOPK_STORE_VERSION
 from harness.topk_store import TopkReader
 from harness.trainer import Checkpointing, NonFiniteLoss, train
 
 REFERENCE_ROWS = ("teacher", "student-init")
+# Version of record.json's layout. 1 (no "schema" field): before recipes; 2: "schema", "recipe", a portable
+# data location. Readers compare budgets field by field with defaults filled in (harness/budgets.py), so a field
+# added to Budget later does not make older records incomparable.
+RECORD_SCHEMA = 2
 
 
 def say(message: str) -> None:
@@ -80,6 +86,7 @@ class RunOptions:
     run_name: str | None = None
     method_options: dict[str, dict] = field(default_factory=dict)
     command: str = ""
+    recipe: str | None = None  # --recipe: every method that has this recipe runs it (others their default)
     keep_weights: bool = False  # save every method's weights, whatever the budget says (benchmarks follow)
     launcher: Launcher | None = None  # train each method on several processes (harness/distributed.py)
     # Training checkpoints for resuming a killed run: every N optimizer steps, or every `checkpoint_interval_s`.
@@ -108,23 +115,44 @@ def check_writable(folder: Path) -> None:
 
 
 def build_methods(opts: RunOptions) -> dict:
+    """The run's rows by name: ``method`` (its default recipe) or ``method@recipe``, each a configured Method.
+
+    Options apply per method (``--option adpa.sft_weight=0``) or per row (``--option adpa@paper.sft_weight=0``);
+    ``--option adpa.recipe=paper`` and ``--recipe paper`` choose a recipe as ``adpa@paper`` does."""
     if not opts.methods:
         raise BenchError("No methods given. Pass --methods, e.g. --methods sft,kd,dckd,dpo (see `bench methods`).")
     clash = [m for m in opts.methods if m in REFERENCE_ROWS]
     if clash:
         raise BenchError(f"{', '.join(clash)} names a reference row, not a method.")
-    out = {}
-    for name in dict.fromkeys(opts.methods):
+    if opts.recipe and not any(opts.recipe in recipes.recipe_names(METHODS.get(recipes.split_row(m)[0]))
+                               for m in opts.methods):
+        raise BenchError(f"--recipe {opts.recipe}: none of {', '.join(opts.methods)} has that recipe (`bench methods` "
+                         "lists each method's recipes; official and paper are the usual ones).")
+    out, used = {}, set()
+    for spec in dict.fromkeys(opts.methods):
+        name, asked = recipes.split_row(spec)
         cls = METHODS.get(name)
-        try:
-            config = cls.Config(**opts.method_options.get(name, {}))
-        except TypeError as e:
-            raise BenchError(f"{name}: bad option ({e}). Its config fields are documented in `bench methods`.") from None
-        out[name] = cls(config)
-    unknown = set(opts.method_options) - set(out)
+        options = {**opts.method_options.get(name, {}), **(opts.method_options.get(spec, {}) if asked else {})}
+        used.update(k for k in (name, spec) if k in opts.method_options)
+        chosen = asked or options.pop("recipe", None)
+        options.pop("recipe", None)
+        if chosen is None and opts.recipe in recipes.recipe_names(cls):
+            chosen = opts.recipe
+        recipe = recipes.resolve(cls, name, chosen)
+        config = recipes.make_config(cls, name, recipe, options)
+        method = cls(config)
+        method.recipe = recipe  # set after construction: an outside method's __init__ may take the config alone
+        method.options_set = sorted(options)
+        row = recipes.row_name(cls, name, recipe)
+        if row in out:
+            raise BenchError(f"Row {row!r} is asked for twice (as {spec!r} and earlier); name each row once.")
+        out[row] = method
+    unknown = set(opts.method_options) - used
     if unknown:
         raise BenchError(f"Options given for method(s) not in this run: {', '.join(sorted(unknown))}.")
-    opts.pair.check_methods(list(out))
+    opts.pair.check_methods(list(dict.fromkeys(m.registered_name for m in out.values())))
+    for method in out.values():
+        method.check_pair(opts.pair)
     return out
 
 
@@ -171,7 +199,7 @@ class Run:
         b = self.budget
         dataset = self.opts.dataset or self.pair.dataset
         source = resolve_source(dataset, self.opts.data_dir)
-        say(f"data: {dataset} from {source.location}")
+        say(f"data: {dataset} from {source.location}")  # the full path on screen; records keep a portable one
         splits = load_splits(source, b.train_examples, b.eval_examples, b.seed)
         self.tokenizer = load_tokenizer(self.pair.student)
         self.teacher_tokenizer = load_tokenizer(self.pair.teacher)
@@ -185,7 +213,8 @@ class Run:
         self.spare_rows = [encode(self.tokenizer, ex, b.max_seq_len, b.max_prompt_len, EncodeStats())
                            for ex in splits.spare]
         self.data_info = {
-            "dataset": dataset, "source": source.kind, "location": source.location, "fingerprint": source.fingerprint,
+            "dataset": dataset, "source": source.kind, "location": portable_location(source, self.opts.data_dir),
+            "fingerprint": source.fingerprint,
             "train_rows": len(self.train_rows), "test_rows": len(self.test_rows),
             "train_dropped_for_leakage": splits.dropped_for_leakage, "dropped_empty_reply": splits.dropped_empty,
             "truncation": {"train": vars(self.train_stats), "test": vars(self.test_stats)},
@@ -236,11 +265,14 @@ class Run:
         return self.train_key(*self.dependency(method))
 
     def dependency(self, method) -> tuple[str, object]:
-        """The method another starts from, configured as in this run when the run has it (ADPA+ continues the
-        run's own DCKD), otherwise with its defaults."""
-        name = method.starts_from
+        """The row another starts from, configured as in this run when the run has it (ADPA+ continues the
+        run's own DCKD; ``adpa_plus@paper`` the run's ``dckd@paper``), otherwise with that recipe's values."""
+        base = method.starts_from
+        cls = METHODS.get(base)
+        recipe = recipes.resolve(cls, base, method.recipe if method.recipe in recipes.recipe_names(cls) else None)
+        name = recipes.row_name(cls, base, recipe)
         if name not in self.methods:
-            self.methods[name] = METHODS.get(name)()
+            self.methods[name] = recipes.build_row(name)
         return name, self.methods[name]
 
     def load_start(self, method):
@@ -250,13 +282,18 @@ class Run:
         return load_model_from(self.train_stage(name, dep, checkpoint=True)["folder"] / "checkpoint").to(self.device)
 
     def aligned_teachers(self, options: dict):
-        """ADPA's (aligned, reference) teacher pair: the pair's teacher and its named reference teacher when the
-        pair names one; otherwise a DPO-trained copy of the teacher (a cached stage) and the teacher itself."""
-        if self.pair.reference_teacher is not None:
+        """ADPA's (aligned pi_dpo, pre-DPO teacher or None, stage info): the pair's teacher and the reference teacher
+        the pair names; or, with ``teacher_dpo`` options, a DPO-trained copy of the teacher (a cached stage) and
+        the teacher itself."""
+        dpo_options = options["teacher_dpo"]
+        if dpo_options is not None:
+            model, info = self.teacher_dpo(dpo_options)
+            return model, self.teacher(), {"teacher_dpo": info}
+        ref = None
+        if options["reference"] == "teacher":  # the pair names it (ADPA.check_pair made sure before any work)
             say(f"loading reference teacher {self.pair.reference_teacher.describe()}")
-            return self.teacher(), load_model(self.pair.reference_teacher).to(self.device), {"teacher_dpo": None}
-        model, info = self.teacher_dpo(options)
-        return model, self.teacher(), {"teacher_dpo": info}
+            ref = load_model(self.pair.reference_teacher).to(self.device)
+        return self.teacher(), ref, {"teacher_dpo": None}
 
     def teacher_dpo_key(self, options: dict) -> str:
         return stable_hash({"stage": "teacher_dpo", "teacher": self.pair.teacher.identity(), "data": self.data_key,
@@ -264,7 +301,9 @@ class Run:
 
     def teacher_dpo(self, options: dict):
         """DPO of the teacher on the run's preference rows (the paper's "DPO teacher"), the teacher as its own
-        reference; same rows, order and steps as the students' budget, beta and learning rate from ``options``."""
+        reference; same rows, order and steps as the students' budget, at the recipe's own beta and learning rate
+        (never the students': a teacher is not trained at a student's rate). Its drift from the original teacher,
+        the token-mean KL(teacher || DPO teacher) on the held-out chosen responses, is logged and recorded."""
         from methods.dpo import DPO, DPOConfig
 
         key = self.teacher_dpo_key(options)
@@ -277,20 +316,22 @@ class Run:
             model = load_model(self.pair.teacher).to(self.device)
             dpo = DPO(DPOConfig(beta=options["beta"]))
             dpo.registered_name = "teacher-dpo"
-            lr = self.budget.learning_rate if options["lr"] == "budget" else options["lr"]
-            budget = self.budget.with_overrides(learning_rate=lr)
+            budget = self.budget.with_overrides(learning_rate=options["lr"])
             result = train(dpo, model, self.train_rows, {"reference_logps": ref}, budget,
                            self.tokenizer.pad_token_id, self.budget.seed, desc="teacher DPO",
                            checkpoints=self.checkpointing("teacher_dpo", key))
+            drift, drift_tokens = model_drift(teacher, model, self.test_rows, self.tokenizer.pad_token_id)
             params = count_parameters(model)["matmul"]
             info = {"optimizer_steps": result.optimizer_steps, "trained_tokens": result.student_tokens,
-                    "reference_tokens": ref_tokens, "params": params, "options": options,
-                    "flops": 6 * params * result.student_tokens + 2 * params * ref_tokens,
-                    "final_loss": result.loss_curve[-1]["loss"], "wall_clock_s": time.perf_counter() - t0}
+                    "reference_tokens": ref_tokens + drift_tokens, "params": params, "options": options,
+                    "flops": 6 * params * result.student_tokens + 2 * params * (ref_tokens + 2 * drift_tokens),
+                    "final_loss": result.loss_curve[-1]["loss"], "drift_kl_heldout": drift,
+                    "wall_clock_s": time.perf_counter() - t0}
             with self.cache.build("teacher_dpo", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "info.json", info)
-            say(f"teacher DPO: final loss {info['final_loss']:.4f} in {info['wall_clock_s']:.0f}s")
+            say(f"teacher DPO: final loss {info['final_loss']:.4f}, drift KL(teacher || DPO teacher) on held-out "
+                f"rows {drift:.4f} nats/token, in {info['wall_clock_s']:.0f}s")
         folder = self.cache.path("teacher_dpo", key)
         info = {**json.loads((folder / "info.json").read_text()), "stage_key": key}
         return load_model_from(folder / "checkpoint").to(self.device), info
@@ -315,6 +356,8 @@ class Run:
             key.update(**backend_key(choose_engine(has_model_path=True)))
         if spec.kind == "scored_samples":
             key.update(n=self.budget.samples_per_prompt)
+            if method is not None and method.signal_options(name).get("mcq"):
+                key.update(mcq_template=self.mcq_template().digest)
         if spec.kind == "topk":
             key.update(store=TOPK_STORE_VERSION, value_dtype=self.budget.teacher_topk_dtype)
         options = method.signal_options(name) if method is not None else {}
@@ -404,6 +447,12 @@ class Run:
             return str(self.cache.path("warmstart", self.student_init_key()) / "checkpoint")
         return materialise(self.pair.student)
 
+    def mcq_template(self):
+        """PAD's MCQ prompt (harness/mcq.py): the released template from the data folder or upstream, else ours."""
+        if not hasattr(self, "_mcq_template"):
+            self._mcq_template = load_template(self.opts.data_dir, self.opts.cache_dir)
+        return self._mcq_template
+
     def student_for(self, method):
         return self.load_start(method) if method is not None else self.load_student_init()
 
@@ -431,9 +480,11 @@ class Run:
             distinct = [ok for _, ok in picks]
         texts = [[self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in per] for per in samples]
         teacher = self.teacher()
+        eos = self.tokenizer.eos_token_id
         scores, teacher_tokens = mean_logps(teacher, self.teacher_tokenizer,
                                             [(ex.messages, t) for ex, per in zip(examples, texts) for t in per],
-                                            b.max_prompt_len, b.max_seq_len, f"{desc}: teacher scores")
+                                            b.max_prompt_len, b.max_seq_len, f"{desc}: teacher scores",
+                                            finished=[s[-1] == eos for per in samples for s in per])
         data = {**pack([s for per in samples for s in per]),
                 "scores": torch.tensor(scores, dtype=torch.float32).view(len(rows), n)}
         extra = {"generated_tokens": generated, "samples_drawn_per_prompt": m}
@@ -441,11 +492,15 @@ class Run:
             data["distinct"] = torch.tensor(distinct, dtype=torch.bool)
             extra["prompts_without_distinct_samples"] = distinct.count(False)
         if options.get("mcq"):
+            template = self.mcq_template()
+            if template.name != "official":
+                say(f"PAD's MCQ score: {template.origin}")
             mcq, mcq_tokens = teacher_mcq(teacher, self.teacher_tokenizer, [instruction_text(ex) for ex in examples],
-                                          texts, b.max_prompt_len, f"{desc}: teacher MCQ")
+                                          texts, b.max_prompt_len, f"{desc}: teacher MCQ", template)
             data["mcq"] = torch.tensor(mcq, dtype=torch.float32)
             teacher_tokens += mcq_tokens
             extra["mcq_forward_tokens"] = mcq_tokens
+            extra["mcq_template"] = {"name": template.name, "origin": template.origin, "sha": template.digest}
         params = count_parameters(teacher)["matmul"]
         extra["flops"] = 2 * params * teacher_tokens + 2 * student_params * generated
         return data, teacher_tokens, params, extra
@@ -453,7 +508,7 @@ class Run:
     def advantage(self, rows, method, desc: str) -> tuple[dict, int, int, dict]:
         """ADPA's signal from the method's starting student, its aligned teacher and the chosen reference."""
         options = method.signal_options("adpa_advantage")
-        dpo, ref_teacher, extra = self.aligned_teachers(options["teacher_dpo"])
+        dpo, ref_teacher, extra = self.aligned_teachers(options)
         student = self.load_start(method)
         ref = student if options["reference"] == "student" else ref_teacher
         b = self.budget
@@ -655,7 +710,8 @@ def compute_record(train_info: dict) -> dict:
     for name, s in train_info["signals"].items():  # ADPA's signal includes the (shared) teacher-DPO stage
         if s.get("teacher_dpo") and name in stages:
             stages[name]["teacher_dpo"] = {"stage_key": s["teacher_dpo"]["stage_key"],
-                                           "wall_clock_s": round(s["teacher_dpo"]["wall_clock_s"], 2)}
+                                           "wall_clock_s": round(s["teacher_dpo"]["wall_clock_s"], 2),
+                                           "drift_kl_heldout": s["teacher_dpo"].get("drift_kl_heldout")}
     if stages:
         record["signal_stages"] = stages
     dep = train_info.get("starts_from")
@@ -698,18 +754,19 @@ def run(opts: RunOptions) -> Path:
         check_writable(folder)
     r = Run(opts)
     r.methods = dict(methods)
-    r.dependents = {m.starts_from for m in methods.values() if m.starts_from}
+    r.dependents = {r.dependency(m)[0] for m in methods.values() if m.starts_from}
     r.prepare_data()
     run_dir = opts.results_dir / opts.pair.name / opts.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    common = {"pair": opts.pair.to_dict(), "budget": opts.budget.to_dict(), "seed": opts.seed, "run": opts.name,
+    common = {"schema": RECORD_SCHEMA, "pair": opts.pair.to_dict(), "budget": opts.budget.to_dict(), "seed": opts.seed, "run": opts.name,
               "data": r.data_info, "environment": environment()}
 
     failed: dict[str, str] = {}
     for i, (name, method) in enumerate(methods.items(), 1):
         say(f"method {i}/{len(methods)}: {name}")
-        if method.starts_from in failed:
-            failed[name] = f"skipped: it starts from {method.starts_from}, which failed"
+        dep = r.dependency(method)[0] if method.starts_from else None
+        if dep in failed:
+            failed[name] = f"skipped: it starts from {dep}, which failed"
             say(f"{name}: {failed[name]}")
             continue
         try:
@@ -717,13 +774,15 @@ def run(opts: RunOptions) -> Path:
         except NonFiniteLoss as e:
             # This method stops with what went wrong; the others (and their cached work) are unaffected.
             failed[name] = str(e)
-            write_json_atomic(run_dir / name / "failure.json", {**common, "row": name, "method": name,
+            write_json_atomic(run_dir / name / "failure.json", {**common, "row": name, "method": method.registered_name,
                                                                  "config": method.config.to_dict(), **e.diagnostic()})
             say(f"{name} stopped: {e}")
             continue
         (run_dir / name / "failure.json").unlink(missing_ok=True)
-        record = {**common, "row": name, "kind": "method", "method": name,
+        record = {**common, "row": name, "kind": "method", "method": method.registered_name,
                   "config": method.config.to_dict(), "needs": list(method.needs),
+                  "recipe": recipes.recipe_record(type(method), method.recipe, opts.budget.learning_rate,
+                                                  getattr(method, "options_set", [])),
                   "compute": compute_record(out["train"]), "train_stage_key": out["train_key"],
                   "git_revision": out["train"]["git_revision"], "computed_at": out["train"]["computed_at"]}
         write_record(run_dir, name, record, out["eval"], out["train"]["loss_curve"])

@@ -32,6 +32,7 @@ from harness.cache import write_text_atomic
 from harness.errors import BenchError
 from harness.leaderboard import (
     BENCHMARK_ORDER,
+    EMPTY,
     METRICS,
     benchmark_columns,
     best_of,
@@ -280,6 +281,8 @@ def extra_table(model: dict, table_id: str) -> str:
             out.append(_td(text, f"c{i}", cell.get("value") if numeric else text, bool(cell.get("best")), numeric))
         body.append(_tr(_unstar(r.get("row", "")), str(r.get("kind", "method")), out))
     parts = [f'<h3>{_inline(model.get("title") or "")}</h3>']
+    if not body or not columns:  # a table with nothing in it says so in words (harness/leaderboard.py EMPTY)
+        return "\n".join(parts + [f'<p class="note table-empty">{_e(_unstar(model.get("empty") or EMPTY))}</p>'])
     if model.get("intro"):
         parts.append(f'<p class="note table-intro">{_e(_unstar(model["intro"]))}</p>')
     parts.append(f'<div class="table-scroll"><table class="sortable {_e(_class_token(model.get("id")))}" '

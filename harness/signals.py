@@ -23,8 +23,6 @@ by far the largest.
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +138,24 @@ def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -
     return {"logps": torch.cat(out)}, tokens
 
 
+@torch.no_grad()
+def model_drift(before, after, rows: list[Encoded], pad_id: int) -> tuple[float, int]:
+    """Token-mean KL(before || after) over the chosen responses of ``rows`` (full vocabulary): how far a training
+    stage moved a model (the teacher-DPO stage logs it). Returns the KL and the tokens forwarded per model."""
+    total, count, tokens = 0.0, 0, 0
+    device = next(before.parameters()).device
+    for batch in _batches(rows, pad_id):
+        seqs = batch.chosen.to(device)
+        lp = [torch.log_softmax(m(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask,
+                                  use_cache=False).logits[:, :-1].float(), -1) for m in (before, after)]
+        mask = seqs.labels[:, 1:] != IGNORE
+        kl = (lp[0].exp() * (lp[0] - lp[1])).sum(-1)
+        total += float(kl[mask].sum())
+        count += int(mask.sum())
+        tokens += seqs.n_tokens
+    return total / max(count, 1), tokens
+
+
 def pack(token_lists: list[list[int]]) -> dict:
     """Variable-length token lists stored flat: ``ids`` and per-list ``offsets``."""
     offsets = [0]
@@ -169,7 +185,8 @@ def compute_samples(model, model_tokenizer, student_tokenizer, examples, rows: l
     answers = []
     for ex, row, new in zip(examples, rows, outs):
         text = model_tokenizer.decode(new, skip_special_tokens=True).strip()
-        answers.append(response_ids(student_tokenizer, ex.messages, text)[: max_seq_len - len(row.prompt_ids)])
+        ids = response_ids(student_tokenizer, ex.messages, text, finished=eos in new)
+        answers.append(ids[: max_seq_len - len(row.prompt_ids)])
     return pack(answers), sum(len(new) for new in outs)
 
 
@@ -192,17 +209,19 @@ def sample_many(model, tokenizer, examples, rows: list[Encoded], n: int, max_pro
 
 @torch.no_grad()
 def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt_len: int, max_seq_len: int,
-               desc: str) -> tuple[list[float], int]:
+               desc: str, finished: list[bool] | None = None) -> tuple[list[float], int]:
     """Length-normalised log-likelihood of each (prompt messages, response text) under ``model``, encoded with
-    its own tokenizer and chat template; returns the scores and the tokens forwarded."""
+    its own tokenizer and chat template; returns the scores and the tokens forwarded. ``finished[i]`` False: the
+    response was cut at the generation limit, so its score leaves out the end-of-turn token."""
     from harness.batch import pad_sequences
     from harness.data import prompt_ids, response_ids
 
     device = next(model.parameters()).device
     encoded = []
-    for messages, text in pairs:
+    for i, (messages, text) in enumerate(pairs):
         p = prompt_ids(tokenizer, messages)[-max_prompt_len:]
-        encoded.append((p, response_ids(tokenizer, messages, text)[: max(max_seq_len - len(p), 1)]))
+        done = True if finished is None else finished[i]
+        encoded.append((p, response_ids(tokenizer, messages, text, done)[: max(max_seq_len - len(p), 1)]))
     scores, tokens = [], 0
     for start in tqdm(range(0, len(encoded), SIGNAL_BATCH), desc=desc, unit="batch", leave=False):
         chunk = encoded[start:start + SIGNAL_BATCH]
@@ -250,84 +269,6 @@ def compute_advantage(student, dpo, ref, rows: list[Encoded], k: int, vocab_limi
             fields["ref_in_topk"].append((top_i.unsqueeze(-1) == ref_top.unsqueeze(-2)).any(-1).to(torch.uint8).cpu())
     data = {**pack(responses), **{name: torch.cat(parts) for name, parts in fields.items()}}
     return data, {"generated_tokens": sum(len(o) for o in outs), "forward_tokens_per_model": forwarded}
-
-
-# ---------------------------------------------------------------- PAD's teacher MCQ score and diversity filter
-
-MCQ_TEMPLATE = (
-    "Which of the two responses below answers the instruction better?\n\n"
-    "[Instruction]\n{instruction}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
-    "Reply with a single letter: A or B."
-)  # our wording: the official mcq-template.json is not public here; the scoring rule below is the code's
-MCQ_EPS = 1e-8
-MCQ_TOP = 20  # the official scorer reads the teacher's top-20 next-token log-probs
-
-
-def letter_prob(top_logps: list[float], top_texts: list[str], letter: str) -> float:
-    """The official rule: eps + the probability of every top token whose text contains the letter and is
-    shorter than 3 characters (so "A", " A", "A." count; "Apple" does not)."""
-    return MCQ_EPS + sum(math.exp(lp) for lp, t in zip(top_logps, top_texts) if letter in t and len(t) < 3)
-
-
-def mcq_scores(pairwise: dict[tuple[int, int], tuple[float, float]], n: int) -> list[float]:
-    """s_mcq(i) = log((eps + sum_{j != i} P(i preferred to j)) / (n - 1)), from P(A), P(B) of each shown pair
-    (i as A, j as B, i < j, in fixed order as the official code; not renormalised)."""
-    wins = [0.0] * n
-    for (i, j), (p_a, p_b) in pairwise.items():
-        wins[i] += p_a
-        wins[j] += p_b
-    return [math.log((MCQ_EPS + w) / (n - 1)) for w in wins]
-
-
-@torch.no_grad()
-def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[str]], max_prompt_len: int,
-                desc: str) -> tuple[list[list[float]], int]:
-    """The teacher's multiple-choice preference score of every answer against the other answers to its prompt."""
-    from harness.data import prompt_ids
-
-    device = next(model.parameters()).device
-    queries = []  # (example, i, j, token ids)
-    for e, (instruction, texts) in enumerate(zip(instructions, answers)):
-        for i, j in itertools.combinations(range(len(texts)), 2):
-            content = MCQ_TEMPLATE.format(instruction=instruction, a=texts[i], b=texts[j])
-            ids = prompt_ids(tokenizer, [{"role": "user", "content": content}])
-            queries.append((e, i, j, ids[-(max_prompt_len * 8):]))
-    vocab_text = {}
-    pairwise: list[dict] = [{} for _ in instructions]
-    tokens = 0
-    for start in tqdm(range(0, len(queries), SIGNAL_BATCH), desc=desc, unit="batch", leave=False):
-        chunk = queries[start:start + SIGNAL_BATCH]
-        length = max(len(q[3]) for q in chunk)
-        ids = torch.full((len(chunk), length), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, q in enumerate(chunk):  # left padding: the next token follows every prompt's last position
-            ids[row, length - len(q[3]):] = torch.tensor(q[3])
-            mask[row, length - len(q[3]):] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
-        tokens += int(mask.sum())
-        top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
-        for row, (e, i, j, _) in enumerate(chunk):
-            t_ids = top.indices[row].tolist()
-            for t in t_ids:
-                if t not in vocab_text:
-                    vocab_text[t] = tokenizer.decode([t])
-            texts = [vocab_text[t] for t in t_ids]
-            lps = top.values[row].tolist()
-            pairwise[e][(i, j)] = (letter_prob(lps, texts, "A"), letter_prob(lps, texts, "B"))
-    return [mcq_scores(pw, len(a)) for pw, a in zip(pairwise, answers)], tokens
-
-
-def most_different(texts: list[str], n: int) -> tuple[list[int], bool]:
-    """The official aggregation: greedily keep n samples, starting from sample 0, each time the one whose
-    smallest Levenshtein distance to those kept is largest (ties: the lowest index). Also whether the n kept
-    texts are all distinct (the official code drops the prompt otherwise)."""
-    from rapidfuzz.distance import Levenshtein
-
-    kept = [0]
-    while len(kept) < n:
-        rest = [c for c in range(len(texts)) if c not in kept]
-        kept.append(max(rest, key=lambda c: (min(Levenshtein.distance(texts[c], texts[k]) for k in kept), -c)))
-    return kept, len({texts[k] for k in kept}) == n
 
 
 def save_signal(data: dict, folder: Path) -> None:

@@ -10,29 +10,34 @@ import torch
 from harness.errors import BenchError
 from harness.losses import bucket_forward_kl, bucket_logps, forward, response_mask, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
+
+ADPA_CODE = "gaoshiping/ADPA@a95c32f"
+RECIPE = "recipes/llama3.2-1b-deita-dpomix/student_dckd.yaml"
 
 
 @dataclass
 class DCKDConfig(MethodConfig):
-    """Paper form by default: KL(pi_dpo || pi_theta) on the chosen plus on the rejected response, equal weights.
+    """Defaults: the released recipe (``official``): 1 * NLL(chosen) + 0.1 * KL(chosen) + 0.1 * KL(rejected), with
+    the code's clamps. The ``paper`` recipe is the equation alone: the two KL constraints, equal weights, exact.
 
-    chosen_weight, rejected_weight: the two constraints' weights (the official code's ``chosen_distil_weight``
-        and ``rejected_distil_weight``; its recipes are missing, its vanilla-KD recipe uses 0.1 and 0).
-    sft_weight: an optional NLL term on the chosen response (the code's ``sft_on_chosen``); 0 in the paper form.
-    official_clamp: reproduce the official code's probability clamps: both bucket distributions clamped to
-        [1e-8, 1 - 1e-8] and the student's floored at 1e-7 before the log. Off by default: the paper's KL is
-        exact, and so is ours (the rest bucket's mass is a log-sum-exp, never 1 - sum(p) rounded to 0).
+    chosen_weight, rejected_weight: the two constraints' weights (the code's ``chosen_distil_weight`` and
+        ``rejected_distil_weight``, times its ``distillation_weight`` of 1).
+    sft_weight: token-mean NLL on the chosen response (the code's ``sft_on_chosen``).
+    official_clamp: the code's probability clamps: both bucket distributions clamped to [1e-8, 1 - 1e-8] and the
+        student's floored at 1e-7 before the log. Off, the KL is exact (the rest bucket's mass is a log-sum-exp,
+        never 1 - sum(p) rounded to 0).
 
     Each side's KL is a token mean over that side's response tokens in the optimizer step. (The official code
     takes the token mean per micro-batch, which weights micro-batches equally whatever their token counts.)
     The teacher is the pair's aligned teacher; the distributions are its cached top-k plus a rest bucket.
     """
 
-    chosen_weight: float = 1.0
-    rejected_weight: float = 1.0
-    sft_weight: float = 0.0
-    official_clamp: bool = False
+    chosen_weight: float = 0.1
+    rejected_weight: float = 0.1
+    sft_weight: float = 1.0
+    official_clamp: bool = True
 
     def __post_init__(self):
         for name in ("chosen_weight", "rejected_weight", "sft_weight"):
@@ -49,6 +54,23 @@ def official_bucket_kl(t_topk, t_rest, s_topk, s_rest) -> torch.Tensor:
     return (t * (t.log() - s.log())).sum(-1)
 
 
+RECIPES = {
+    "official": Recipe(
+        "The released recipe: NLL on chosen + 0.1 KL on chosen + 0.1 KL on rejected, clamped as the code.",
+        {"chosen_weight": 0.1, "rejected_weight": 0.1, "sft_weight": 1.0, "official_clamp": True},
+        {"chosen_weight": f"{ADPA_CODE} {RECIPE}:43-44 (distillation_weight 1 x chosen_distil_weight 0.1)",
+         "rejected_weight": f"{ADPA_CODE} {RECIPE}:43,45", "sft_weight": f"{ADPA_CODE} {RECIPE}:41",
+         "official_clamp": f"{ADPA_CODE} scripts/run_distill_dpo.py:1228-1236, utils/compress_logits.py:435-437"},
+        learning_rate=5e-7, source=f"{ADPA_CODE} {RECIPE}"),
+    "paper": Recipe(
+        "The paper's equation: KL(pi_dpo || pi_theta) on chosen plus on rejected, equal weights, exact, no NLL.",
+        {"chosen_weight": 1.0, "rejected_weight": 1.0, "sft_weight": 0.0, "official_clamp": False},
+        {"chosen_weight": "arXiv 2502.17927, DCKD: two KL constraints", "rejected_weight": "arXiv 2502.17927",
+         "sft_weight": "arXiv 2502.17927: the KL terms alone", "official_clamp": "exact KL"},
+        source="arXiv 2502.17927"),
+}
+
+
 @register_method("dckd")
 class DCKD(Method):
     description = "KL(aligned teacher || student) on both the chosen and the rejected response."
@@ -56,6 +78,8 @@ class DCKD(Method):
     Config = DCKDConfig
     needs = ("teacher_topk:chosen", "teacher_topk:rejected")
     needs_shared_vocab = True
+    recipes = RECIPES
+    default_recipe = "official"
 
     def loss(self, model, batch):
         cfg = self.config

@@ -12,6 +12,7 @@ from harness.batch import pad_sequences, prompts_of
 from harness.errors import BenchError
 from harness.losses import forward, response_mask, skewed_kl, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 from methods.gkd import on_policy
 
@@ -98,11 +99,29 @@ def validation_nll(model, rows, pad_id: int, batch_size: int = 8) -> tuple[float
     return total / max(count, 1), tokens
 
 
+DISTILLM = "jongwooko/distillm@d47e77f"
+SCRIPT = "scripts/gpt2/distillm/train_0.1B_1.5B.sh"
+RECIPES = {
+    "official": Recipe(
+        "The released adaptive-sfkl script: skew KL alpha 0.1, no NLL, adaptive student generations.",
+        {"loss": "skl", "alpha": 0.1, "kd_ratio": 1.0, "adaptive": True, "init_threshold": 0.0, "loss_eps": 0.1,
+         "capacity": 1000, "replay_ratio": "decreasing", "temperature": 1.0},
+        {"loss": f"{DISTILLM} {SCRIPT}:80 (--type adaptive-sfkl)", "adaptive": f"{DISTILLM} {SCRIPT}:80,87",
+         "alpha": f"{DISTILLM} arguments.py:178 (the script passes no --skew-alpha)",
+         "kd_ratio": f"{DISTILLM} {SCRIPT}:61", "init_threshold": f"{DISTILLM} {SCRIPT}:90",
+         "loss_eps": f"{DISTILLM} {SCRIPT}:91", "capacity": f"{DISTILLM} {SCRIPT}:92",
+         "replay_ratio": f"{DISTILLM} arguments.py:192", "temperature": f"{DISTILLM} {SCRIPT}:85"},
+        learning_rate=5e-4, source=f"{DISTILLM} {SCRIPT}"),
+}
+
+
 @register_method("distillm")
 class DistiLLM(Method):
     description = "Skew KL (or skew reverse KL) to the live teacher, with adaptive off-policy student generations."
     paper = "Ko et al. 2024 (ICML), arXiv 2402.03898"
     Config = DistiLLMConfig
+    recipes = RECIPES
+    default_recipe = "official"
     needs = ("teacher_model",)
     needs_shared_vocab = True
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -29,11 +30,21 @@ class DPOConfig(MethodConfig):
             raise BenchError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
 
 
+RECIPES = {
+    "paper": Recipe(
+        "DPO with beta 0.1 (the paper's and TRL's default), the initial student as reference.",
+        {"beta": 0.1, "label_smoothing": 0.0},
+        {"beta": "arXiv 2305.18290; huggingface/trl DPOConfig default"}, source="arXiv 2305.18290"),
+}
+
+
 @register_method("dpo")
 class DPO(Method):
     description = "Direct preference optimisation on chosen/rejected pairs, reference = initial student."
     paper = "Rafailov et al. 2023, arXiv 2305.18290"
     Config = DPOConfig
+    recipes = RECIPES
+    default_recipe = "paper"
     needs = ("reference_logps",)
 
     def loss(self, model, batch):

@@ -11,6 +11,7 @@ from harness.errors import BenchError
 from harness.generation import resample
 from harness.losses import forward, generalized_jsd, response_mask
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -55,11 +56,24 @@ def live_divergence(method: Method, model, seqs, beta: float) -> tuple[torch.Ten
     return div.sum(), seqs.n_tokens
 
 
+TRL = "huggingface/trl@f2cd577 trl/experimental/gkd/gkd_config.py"
+RECIPES = {
+    "official": Recipe(
+        "TRL's GKDTrainer defaults (the reference implementation the GKD authors' method is most used through).",
+        {"beta": 0.5, "lmbda": 0.5, "temperature": 0.9},
+        {"beta": f"{TRL}:66-67", "lmbda": f"{TRL}:59-60", "temperature": f"{TRL}:55-56 (sampling only; "
+                                                                        "the loss is at temperature 1)"},
+        source=TRL),
+}
+
+
 @register_method("gkd")
 class GKD(Method):
     description = "Generalised JSD to the live teacher on data and on-policy student samples (fraction lmbda)."
     paper = "Agarwal et al. 2024 (ICLR), arXiv 2306.13649"
     Config = GKDConfig
+    recipes = RECIPES
+    default_recipe = "official"
     needs = ("teacher_model",)
     needs_shared_vocab = True
 

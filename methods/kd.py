@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from harness.errors import BenchError
 from harness.losses import forward, teacher_forward_kl, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -29,11 +30,20 @@ class KDConfig(MethodConfig):
             raise BenchError(f"kd: ce_weight must be in [0, 1], got {self.ce_weight}.")
 
 
+RECIPES = {
+    "paper": Recipe("Forward KL(teacher || student) per token, no cross-entropy term.", {"ce_weight": 0.0},
+                    {"ce_weight": "arXiv 1503.02531 (the KD term alone; a CE mix is an option)"},
+                    source="arXiv 1503.02531"),
+}
+
+
 @register_method("kd")
 class KD(Method):
     description = "Forward KL(teacher || student) per token on the chosen responses."
     paper = "Hinton et al. 2015, arXiv 1503.02531"
     Config = KDConfig
+    recipes = RECIPES
+    default_recipe = "paper"
     needs = ("teacher_topk:chosen",)
     needs_shared_vocab = True
 

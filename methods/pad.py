@@ -12,14 +12,19 @@ import torch
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
 @dataclass
 class PADConfig(MethodConfig):
-    """Rewards: the student's r_S(y) and the teacher's r_T(y) are each model's length-normalised log-likelihood of
-    sample y (the paper's intrinsic reward; the teacher scores with its own tokenizer and template, so the pair
-    need not share one). The ``samples_per_prompt`` samples come from the initial student at temperature 1,
+    """Defaults: the released config (``official``): the teacher's MCQ score alone as its reward (alpha 0), the
+    code's JSD form, 4 of 5 samples kept by diversity, the MCQ training filter. ``pad@paper``: likelihood rewards
+    on both sides, the textbook JSD, no filters.
+
+    Rewards: the student's r_S(y) is its length-normalised log-likelihood of sample y; the teacher's r_T(y) mixes
+    its own length-normalised log-likelihood (it scores with its own tokenizer and template, so the pair need not
+    share one) and its MCQ score by alpha (below). The ``samples_per_prompt`` samples come from the initial student at temperature 1,
     top-p 0.95, one seed per sample index, once per run (the budget fixes how many).
 
     beta: the Plackett-Luce scale, on both rewards (official config: 10).
@@ -31,10 +36,11 @@ class PADConfig(MethodConfig):
     per-device batch 1 — which is a bug we do not reproduce.) The loss is a mean over prompts.
 
     alpha: the teacher's reward is alpha * (its length-normalised log-likelihood) + (1 - alpha) * (its
-        multiple-choice preference score), as the official code's r_T. 1 (default) is the paper's intrinsic
-        likelihood reward; the official config's 0 uses the MCQ score alone. The MCQ score shows the teacher
-        each pair of samples as options A and B in fixed order and reads P(A), P(B) from its top-20 next tokens
-        (the code's rule); s_mcq(i) = log((1e-8 + sum_j P(i over j)) / (n - 1)). Our prompt wording is our own.
+        multiple-choice preference score), as the official code's r_T; the released config's 0 uses the MCQ score
+        alone, 1 is the paper's intrinsic likelihood reward. The MCQ score shows the teacher each pair of samples
+        as options A and B in fixed order, in the released prompt (harness/mcq.py says where it is read from),
+        and reads P(A), P(B) from its top-20 next tokens; s_mcq(i) = log((1e-8 + sum_j P(i over j)) / (n - 1)).
+        With loss "rd" the teacher's ranking is by the MCQ score alone whatever alpha, as in the code.
     diverse_from: when above the budget's n = samples_per_prompt, draw this many samples and keep the n most
         mutually different by Levenshtein distance (the official aggregation keeps 4 of 5); a prompt whose n
         kept samples are not all distinct is left out of the loss (the official code drops it). 0: off.
@@ -45,10 +51,10 @@ class PADConfig(MethodConfig):
 
     beta: float = 10.0
     loss: str = "pd"
-    jsd_form: str = "textbook"
-    alpha: float = 1.0
-    diverse_from: int = 0
-    mcq_filter: bool = False
+    jsd_form: str = "official"
+    alpha: float = 0.0
+    diverse_from: int = 5
+    mcq_filter: bool = True
 
     def __post_init__(self):
         if self.beta <= 0:
@@ -86,16 +92,38 @@ def ranking_jsd(logp_s: torch.Tensor, logp_t: torch.Tensor, form: str = "textboo
     return 0.5 * ((logp_s.exp() * (logp_s - log_m)).sum(-1) + (logp_t.exp() * (logp_t - log_m)).sum(-1))
 
 
+PAD_CODE = "EganGu/PAD@89f2a91"
+CONFIG = "training_configs/gemma-2-2b-it-pd.yaml"
+RECIPES = {
+    "official": Recipe(
+        "The released config: MCQ-score teacher rewards, the code's JSD form, 4 of 5 diverse samples, MCQ filter.",
+        {"beta": 10.0, "loss": "pd", "jsd_form": "official", "alpha": 0.0, "diverse_from": 5, "mcq_filter": True},
+        {"beta": f"{PAD_CODE} {CONFIG}:18", "alpha": f"{PAD_CODE} {CONFIG}:19", "loss": f"{PAD_CODE} {CONFIG}:23",
+         "jsd_form": f"{PAD_CODE} scripts/simpo_trainer.py:876-891",
+         "diverse_from": f"{PAD_CODE} data_gen/scripts/sampling.sh:10 (seeds 0-4), data_gen/gen/agg.py:20-57",
+         "mcq_filter": f"{PAD_CODE} scripts/run_pad.py:99-102,193-194"},
+        learning_rate=8e-7, source=f"{PAD_CODE} {CONFIG}"),
+    "paper": Recipe(
+        "The paper's intrinsic reward: both models' length-normalised likelihoods, textbook JSD, no filters.",
+        {"beta": 10.0, "loss": "pd", "jsd_form": "textbook", "alpha": 1.0, "diverse_from": 0, "mcq_filter": False},
+        {"alpha": "arXiv 2502.14272 (likelihood as the intrinsic reward)",
+         "jsd_form": "Jensen-Shannon divergence as defined", "beta": f"{PAD_CODE} {CONFIG}:18"},
+        source="arXiv 2502.14272"),
+}
+
+
 @register_method("pad")
 class PAD(Method):
     description = "Match the student's Plackett-Luce distribution over rankings of its own samples to the teacher's."
     paper = "Gu et al. 2025 (ACL Findings), arXiv 2502.14272"
     Config = PADConfig
     needs = ("scored_samples",)
+    recipes = RECIPES
+    default_recipe = "official"
 
     def signal_options(self, name):
         cfg, options = self.config, {}
-        if cfg.alpha < 1 or cfg.mcq_filter:
+        if cfg.alpha < 1 or cfg.mcq_filter or cfg.loss == "rd":
             options["mcq"] = True
         if cfg.diverse_from:
             options["diverse_from"] = cfg.diverse_from
@@ -126,7 +154,9 @@ class PAD(Method):
         if n < 2:
             raise BenchError("pad needs at least 2 samples per prompt to rank; the budget has samples_per_prompt=1. "
                              "Use --set samples_per_prompt=4 (the paper's n).")
-        if cfg.alpha < 1:
+        if cfg.loss == "rd":  # the released code ranks by the MCQ score alone here (simpo_trainer.py:1194)
+            r_t = signal["mcq"].to(r_t.device)
+        elif cfg.alpha < 1:
             r_t = cfg.alpha * r_t + (1 - cfg.alpha) * signal["mcq"].to(r_t.device)
         total, count = sequence_logps(forward(model, seqs), seqs)
         r_s = (total / count.clamp(min=1)).view(b, n)

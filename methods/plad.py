@@ -15,6 +15,7 @@ import torch
 from harness.errors import BenchError
 from harness.losses import forward, log_sigmoid, sequence_logps, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -46,11 +47,23 @@ class PLaDConfig(MethodConfig):
             raise BenchError("plad: delta and sft_weight cannot be negative and beta must be positive.")
 
 
+RECIPES = {
+    "paper": Recipe(
+        "Our reading of the paper (no code released): hinge calibration, summed log-probs, margin 1, no NLL.",
+        {"loss": "hinge", "score": "sum", "delta": 1.0, "sft_weight": 0.0},
+        {"loss": "arXiv 2406.02886 (calibration loss; exact form unverified)",
+         "score": "summed log-probs, as the PLaD traces in EganGu/PAD@89f2a91 scripts/simpo_trainer.py:1071"},
+        source="arXiv 2406.02886"),
+}
+
+
 @register_method("plad")
 class PLaD(Method):
     description = "Calibration loss ranking the teacher's answer above the student's own (pseudo-preference pairs)."
     paper = "Zhang et al. 2024 (ACL Findings), arXiv 2406.02886 (no official code)"
     Config = PLaDConfig
+    recipes = RECIPES
+    default_recipe = "paper"
     needs = ("teacher_samples", "student_samples")
 
     def loss(self, model, batch):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 from methods.gkd import live_divergence, on_policy
 
@@ -29,11 +30,20 @@ class RKLConfig(MethodConfig):
             raise BenchError(f"rkl: temperature must be positive, got {self.temperature}.")
 
 
+RECIPES = {
+    "paper": Recipe("Token-level KL(student || teacher) on the student's samples (MiniLLM's single-step term).",
+                    {"temperature": 1.0}, {"temperature": "arXiv 2306.08543 (samples at temperature 1)"},
+                    source="arXiv 2306.08543"),
+}
+
+
 @register_method("rkl")
 class RKL(Method):
     description = "Token-level reverse KL(student || teacher) on the student's own on-policy samples."
     paper = "MiniLLM objective, Gu et al. 2024 (ICLR), arXiv 2306.08543 (without PPO)"
     Config = RKLConfig
+    recipes = RECIPES
+    default_recipe = "paper"
     needs = ("teacher_model",)
     needs_shared_vocab = True
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from harness.losses import forward, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -17,11 +18,17 @@ class SeqKDConfig(MethodConfig):
     tokenizer. The loss is the token-mean NLL over the step, as in sft."""
 
 
+RECIPES = {"paper": Recipe("SFT on the teacher's greedy answers (beam 1 instead of the paper's beam search).",
+                          source="arXiv 1606.07947")}
+
+
 @register_method("seqkd")
 class SeqKD(Method):
     description = "SFT on the teacher's greedy answers to the training prompts."
     paper = "Kim & Rush 2016, arXiv 1606.07947"
     Config = SeqKDConfig
+    recipes = RECIPES
+    default_recipe = "paper"
     needs = ("teacher_samples",)
 
     def loss(self, model, batch):

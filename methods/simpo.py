@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.recipes import Recipe
 from harness.registry import register_method
 
 
@@ -34,11 +35,33 @@ class SimPOConfig(MethodConfig):
             raise BenchError(f"simpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
 
 
+SIMPO = "princeton-nlp/SimPO@1b3e8f3"
+RECIPES = {
+    "official": Recipe(
+        "The released code's margin parametrisation with its base-model config (beta 2.0, gamma = 0.5 beta).",
+        {"beta": 2.0, "gamma_beta_ratio": 0.5, "label_smoothing": 0.0},
+        {"beta": f"{SIMPO} training_configs/llama-3-8b-base-simpo.yaml:16",
+         "gamma_beta_ratio": f"{SIMPO} training_configs/llama-3-8b-base-simpo.yaml:17; loss scripts/simpo_trainer.py:576-584",
+         "label_smoothing": f"{SIMPO} scripts/simpo_config.py:58"},
+        learning_rate=6e-7, source=f"{SIMPO} training_configs/llama-3-8b-base-simpo.yaml"),
+    "pad_baseline": Recipe(
+        "PAD's SimPO baseline and SimPO's instruct v2 config: beta 10, margin 0.3 beta.",
+        {"beta": 10.0, "gamma_beta_ratio": 0.3, "label_smoothing": 0.0},
+        {"beta": "EganGu/PAD@89f2a91 gemma-log/simpo.log:25; "
+                 f"{SIMPO} training_configs/llama-3-8b-instruct-simpo-v2.yaml:16",
+         "gamma_beta_ratio": "EganGu/PAD@89f2a91 scripts/simpo_trainer.py:933 (hard-coded 0.3); "
+                             f"{SIMPO} training_configs/llama-3-8b-instruct-simpo-v2.yaml:17"},
+        learning_rate=8e-7, source="EganGu/PAD@89f2a91 scripts/simpo_trainer.py"),
+}
+
+
 @register_method("simpo")
 class SimPO(Method):
     description = "Reference-free DPO variant on length-normalised log-probs with a target margin."
     paper = "Meng et al. 2024, arXiv 2405.14734"
     Config = SimPOConfig
+    recipes = RECIPES
+    default_recipe = "official"
 
     def loss(self, model, batch):
         cfg = self.config

@@ -27,7 +27,7 @@ from tests.harness.benchmarks.test_download import server  # noqa: F401 (a fixtu
 
 pytestmark = pytest.mark.slow
 METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "adpa", "adpa_plus",
-           "distillm"]
+           "distillm", "adpa@paper"]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,18 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     assert plus["starts_from"]["train_stage_key"] == recs["dckd"]["train_stage_key"]
     assert plus["optimizer_steps"] == 4
     assert plus["flops_estimate"] > recs["dckd"]["compute"]["flops_estimate"]
-    # ADPA and ADPA+ use one teacher-DPO stage; their advantage signals differ (different starting students).
-    stages = {n: recs[n]["compute"]["signal_stages"]["adpa_advantage"] for n in ("adpa", "adpa_plus")}
-    assert stages["adpa"]["teacher_dpo"]["stage_key"] == stages["adpa_plus"]["teacher_dpo"]["stage_key"]
+    # ADPA and ADPA+ (released recipe) take the pair's teacher as pi_dpo, as DCKD does: no teacher-DPO stage; their
+    # advantage signals differ (different starting students). The paper recipe makes a DPO teacher at its own
+    # small learning rate and records how far it moved from the teacher.
+    stages = {n: recs[n]["compute"]["signal_stages"]["adpa_advantage"] for n in ("adpa", "adpa_plus", "adpa@paper")}
+    assert "teacher_dpo" not in stages["adpa"] and "teacher_dpo" not in stages["adpa_plus"]
     assert stages["adpa"]["stage_key"] != stages["adpa_plus"]["stage_key"]
+    drift = stages["adpa@paper"]["teacher_dpo"]["drift_kl_heldout"]
+    assert drift is not None and abs(drift) < 1e-3  # 2 steps at lr 5e-7 barely move the teacher (not at 1e-4)
+    assert recs["adpa@paper"]["method"] == "adpa" and recs["adpa@paper"]["recipe"]["name"] == "paper"
+    assert recs["adpa"]["recipe"] == {"name": "official", "source": recs["adpa"]["recipe"]["source"],
+                                      "overridden": [], "learning_rate_used": 1e-4, "released_learning_rate": 5e-7}
+    assert recs["adpa@paper"]["config"]["advantage_mode"] == "signed" and recs["adpa"]["config"]["sft_weight"] == 1.0
     for name in ("adpa", "adpa_plus", "distillm"):
         assert recs[name]["compute"]["teacher_forward_tokens"] > 0, name
     assert recs["adpa"]["compute"]["generated_tokens"] > 0  # the student's greedy answers
@@ -110,6 +118,28 @@ def test_training_moved_the_students(workspace):
     init_kl = recs["student-init"]["metrics"]["kl_teacher"]["value"]
     for name in ("kd", "dckd", "gkd", "rkl", "distillm", "adpa_plus"):  # methods that match the teacher's distributions
         assert recs[name]["metrics"]["kl_teacher"]["value"] < init_kl, name
+
+
+NLL_TOLERANCE = 0.05  # nats/token: two steps may move held-out NLL a little either way, a collapse moves it by ~1
+
+
+def non_degenerate(text: str) -> bool:
+    """Text, not a run of one symbol or of end-of-turn: at least three different words of letters."""
+    return len({w.lower() for w in re.findall(r"[A-Za-z]{2,}", text)}) >= 3
+
+
+def test_adpa_under_the_released_recipe_does_not_collapse(workspace):
+    """The committed smoke run of the old defaults (paper form, a teacher-DPO stage at the students' lr) turned ADPA's
+    answers into strings of '*' and ADPA+'s into end-of-turn alone; the released recipe must not."""
+    recs = records(workspace["root"])
+    nll = {name: recs[name]["metrics"]["nll_chosen"]["value"] for name in recs}
+    assert nll["adpa"] <= nll["student-init"] + NLL_TOLERANCE  # ADPA starts from the initial student
+    assert nll["adpa_plus"] <= nll["dckd"] + NLL_TOLERANCE  # ADPA+ from the run's DCKD student
+    run_dir = workspace["root"] / "results/smollm2-135m/tiny-seed0"
+    for name in ("adpa", "adpa_plus"):
+        answers = [json.loads(line)["answer"] for line in (run_dir / name / "answers.jsonl").read_text().splitlines()]
+        assert any(non_degenerate(a) for a in answers), (name, answers)
+    assert not non_degenerate("*" * 48) and not non_degenerate("") and non_degenerate("The sky is blue.")
 
 
 def test_leaderboard_written_and_regenerated_from_results_alone(workspace, tmp_path):

@@ -105,3 +105,14 @@ def test_with_overrides_validates_values():
 def test_budgets_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_budget("smoke").batch_size = 8
+
+
+def test_a_field_added_later_compares_equal_at_its_default():
+    from harness.budgets import comparable, get_budget
+
+    new = get_budget("smoke").to_dict()
+    old = {k: v for k, v in new.items() if k != "teacher_topk_dtype"}  # a record written before the field existed
+    assert comparable(old) == comparable(new)
+    assert comparable({**new, "seed": 3, "description": "reworded"}) == comparable(new)  # seed and prose aside
+    assert comparable({**new, "teacher_topk_dtype": "float16"}) != comparable(old)  # a real difference stays one
+    assert comparable({**new, "learning_rate": 2e-4}) != comparable(new)

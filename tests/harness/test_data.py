@@ -291,7 +291,10 @@ def test_load_splits_is_seeded(shared_dir):
     assert [ex.uid() for ex in a.test] == [ex.uid() for ex in b.test]
     assert len(a.train) == 20 and len(a.test) == 10
     assert {ex.uid() for ex in a.train} != {ex.uid() for ex in c.train}
-    assert {ex.uid() for ex in a.test} != {ex.uid() for ex in c.test}
+    # Held-out rows depend on the data alone: every training seed is evaluated on the same ones.
+    assert [ex.uid() for ex in a.test] == [ex.uid() for ex in c.test]
+    d = load_splits(source, n_train=20, n_eval=10, seed=7)
+    assert [ex.uid() for ex in a.test] == [ex.uid() for ex in d.test]
 
 
 def test_asking_for_more_rows_than_exist_is_a_clear_error(shared_dir):
@@ -472,6 +475,19 @@ def test_response_ids_end_with_eos_and_join_to_the_template(smollm2_tokenizer, m
         messages, tokenize=False, add_generation_prompt=True)
 
 
+def test_a_cut_answer_gets_no_end_of_turn(smollm2_tokenizer):
+    # A generated answer cut at the token limit did not stop: as a training target or a teacher score it must
+    # not end with the end-of-turn token (which would teach stopping mid-sentence).
+    tok = smollm2_tokenizer
+    messages = [user("Tell me a story.")]
+    whole = response_ids(tok, messages, "Once upon a time there was")
+    cut = response_ids(tok, messages, "Once upon a time there was", finished=False)
+    assert whole[-1] == tok.eos_token_id and tok.eos_token_id not in cut
+    assert cut == whole[:-1]
+    assert tok.decode(cut) == "Once upon a time there was"
+    assert response_ids(tok, messages, "", finished=False) == response_ids(tok, messages, "")  # no text: keeps it
+
+
 def test_encode_truncates_and_counts_exactly(smollm2_tokenizer):
     tok = smollm2_tokenizer
     short_prompt = "Name a colour."
@@ -522,3 +538,17 @@ def test_train_only_folder_splits_without_reporting_leakage(tmp_path):
     splits = load_splits(source, n_train=200 - n_test, n_eval=5, seed=0)
     assert splits.dropped_for_leakage == 0
     assert not {ex.prompt for ex in splits.train} & {ex.prompt for ex in load_split(source, "test")}
+
+
+def test_records_store_a_portable_data_location(shared_dir, tmp_path, monkeypatch):
+    from harness.data import portable_location
+
+    source = resolve_source(UF, shared_dir)
+    assert portable_location(source, shared_dir) == "<data-dir>/data/ultrafeedback_binarized_1k"
+    monkeypatch.chdir(shared_dir)
+    assert portable_location(source, None) == "data/ultrafeedback_binarized_1k"  # relative to the working folder
+    monkeypatch.chdir(tmp_path)
+    assert portable_location(source, None) == "ultrafeedback_binarized_1k"  # never an absolute path
+    from harness.data import DataSource
+
+    assert portable_location(DataSource("some/dataset", "hub", "some/dataset", "x"), None) == "some/dataset"

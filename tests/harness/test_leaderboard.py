@@ -382,3 +382,40 @@ def test_seed_tables_keep_only_rows_and_columns_with_every_seed(tmp_path):
     assert "MT-Bench" not in header and "AlpacaEval" not in header
     diffs = md_rows(section, "### Paired differences from the best method (question scores averaged over seeds)")
     assert list(diffs) == ["*teacher*", "*student-init*", "dpo"] and len(diffs["dpo"]) == 4
+
+
+def test_a_budget_field_added_later_keeps_the_seed_group(tmp_path):
+    """A record written before a budget field existed (here seed 1's, without teacher_topk_dtype) is compared at that
+    field's default, so the seeds still form a group (a fresh clone once printed an empty seed table here)."""
+    import json
+
+    from tests.fixtures.results_tree import build_results
+
+    results = build_results(tmp_path)
+    for path in (results / "toy-a" / "tiny-seed0").glob("*/record.json"):
+        rec = json.loads(path.read_text())
+        rec["budget"]["teacher_topk_dtype"] = "float32"  # the default, written out by newer code
+        path.write_text(json.dumps(rec))
+    regenerate(results, tmp_path / "lb")
+    text = (tmp_path / "lb" / "toy-a.md").read_text()
+    seeds = md_rows(text[text.index("## Budget `tiny` across seeds 0, 1"):], "### Mean and spread across seeds")
+    assert list(seeds) == ["*teacher*", "*student-init*", "dpo", "sft"]
+
+
+def test_a_seed_section_without_common_rows_says_so_in_words(tmp_path):
+    import json
+
+    from tests.fixtures.results_tree import build_results
+
+    results = build_results(tmp_path)
+    for path in (results / "toy-a" / "tiny-seed1").glob("*/record.json"):  # seed 1 ran other rows than seed 0
+        rec = json.loads(path.read_text())
+        rec["row"] = rec["row"] + "-v2"
+        path.write_text(json.dumps(rec))
+    regenerate(results, tmp_path / "lb")
+    text = (tmp_path / "lb" / "toy-a.md").read_text()
+    section = text[text.index("## Budget `tiny` across seeds 0, 1"):]
+    assert "| model |\n" not in text and "| model |" not in section
+    assert "No row was run with every seed of this group" in section
+    html = (tmp_path / "lb" / "toy-a.html").read_text()
+    assert "No row was run with every seed of this group" in html

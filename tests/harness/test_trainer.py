@@ -354,3 +354,29 @@ def test_distillm_state_survives_a_checkpoint():
     back.load_state_dict(json.loads(json.dumps(m.state_dict())))
     assert back.state == m.state
     assert DistiLLM().state_dict() == {"adaptive": None}
+
+
+def test_no_optimizer_step_runs_at_learning_rate_zero():
+    from harness.budgets import get_budget
+    from harness.trainer import lr_factor
+
+    for name in ("tiny", "smoke", "paper"):
+        b = get_budget(name)
+        factors = [lr_factor(s, warmup=b.warmup_steps, total=b.optimizer_steps, schedule=b.lr_schedule)
+                   for s in range(b.optimizer_steps)]
+        assert min(factors) > 0, name
+    # smoke: 12 steps, 1 warm-up step at half the rate, then transformers' cosine over the other 11, unchanged
+    smoke = [lr_factor(s, warmup=1, total=12, schedule="cosine") for s in range(12)]
+    assert smoke[0] == 0.5 and smoke[1] == 1.0
+    assert smoke[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 11)))
+    assert [lr_factor(s, warmup=3, total=10, schedule="linear") for s in (0, 1, 2, 3, 9)] == \
+        pytest.approx([0.25, 0.5, 0.75, 1.0, 1 - 6 / 7])
+    assert lr_factor(5, warmup=2, total=8, schedule="constant") == 1.0
+
+
+def test_the_first_logged_step_trains_at_a_positive_rate(tiny_model):
+    rows = [Encoded([1, 2, 3], [4, 5, 6], [7, 8]) for _ in range(4)]
+    b = Budget(name="t", description="t", train_examples=4, max_seq_len=16, max_prompt_len=4, batch_size=2,
+               grad_accum=1, max_steps=4, learning_rate=1e-3, warmup_ratio=0.5, save_checkpoints=False)
+    result = train(SFT(), tiny_model, rows, {}, b, pad_id=0, seed=0)
+    assert [r["lr"] for r in result.loss_curve] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 5e-4])

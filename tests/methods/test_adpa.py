@@ -4,6 +4,7 @@ differ, gradient direction, the SFT term, config validation, signal options and 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -14,7 +15,8 @@ from harness.cache import stable_hash
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.signals import collate_signals, compute_advantage, pack
-from methods.adpa import ADPA, ADPAConfig, ADPAPlus, official_advantage, signed_advantage
+from methods.adpa import ADPA, RECIPES, ADPAPlus, official_advantage, signed_advantage
+from methods.adpa import ADPAConfig as _ADPAConfig
 from tests.methods.helpers import (
     LLAMA_EOS,
     LLAMA_ROWS,
@@ -44,6 +46,10 @@ REF = [
     [0.0, 1.0, 0.5, 0.0, -1.0],
 ]
 ANSWERS = [[0, 3], [2, 1, 4]]  # the student's answers to ROWS' prompts [1, 2] and [4]: 5 answer tokens
+
+# These tests check the equations, so they start from the paper recipe; the released (default) recipe is
+# pinned in tests/harness/test_recipes.py.
+ADPAConfig = functools.partial(_ADPAConfig, **RECIPES["paper"].values)
 
 
 def top(row, k=K):
@@ -186,7 +192,7 @@ def test_compute_advantage_with_real_models(tiny_model):
 
 def test_signed_loss_is_the_hand_formula():
     batch = adpa_batch()
-    out = ADPA().loss(TokenLM(STUDENT), batch)
+    out = ADPA(ADPAConfig()).loss(TokenLM(STUDENT), batch)
     assert [(t.name, t.per) for t in out.terms] == [("adpa", "adpa_advantage_tokens")]
     assert batch.counts()["adpa_advantage_tokens"] == 5
     assert total(out) == pytest.approx(hand_loss(signed_adv), abs=1e-5)
@@ -239,7 +245,7 @@ def test_modes_agree_but_for_the_rest_term_when_no_clamp_binds():
     assert torch.allclose(official_advantage(sig)[0][mask], signed_advantage(sig)[0][mask], rtol=0, atol=1e-12)
     # A student with ~e^-12 on the top-2 everywhere: the 1e-8 rest term is a visible share of the float32 loss.
     student = [[-12.0 if v in top(row) else 0.0 for v in range(5)] for row in TEACHER]
-    signed = ADPA().loss(TokenLM(student), batch)
+    signed = ADPA(ADPAConfig()).loss(TokenLM(student), batch)
     official = ADPA(ADPAConfig(advantage_mode="clamped_official")).loss(TokenLM(student), batch)
     rest_mass = sum(1 - sum(softmax(student[p])[v] for v in top(TEACHER[p])) for p in prevs())
     hand = hand_loss(official_adv, student, REF_CLOSE)
@@ -264,7 +270,7 @@ def test_official_advantage_floors_imputes_and_clamps(dpo, ref, inside, want):
 def test_sgd_step_moves_the_student_towards_positive_advantage():
     ids, adv, _ = signed_adv(2)
     assert ids == [0, 2] and adv[0] > 1 and adv[1] < 0
-    model, batch, method = TokenLM(STUDENT), adpa_batch(), ADPA()
+    model, batch, method = TokenLM(STUDENT), adpa_batch(), ADPA(ADPAConfig())
     before = normalised(method.loss(model, batch), batch)
     before.backward()
     sgd_step(model)
@@ -304,12 +310,16 @@ def test_signal_options_name_what_changes_the_signal():
     def options(**cfg):
         return ADPA(ADPAConfig(**cfg)).signal_options("adpa_advantage")
 
-    assert options() == {"reference": "teacher", "teacher_dpo": {"beta": 0.01, "lr": "budget"}}
-    variants = [options(), options(reference="student"), options(teacher_dpo_beta=0.1), options(teacher_dpo_lr=1e-6)]
+    # The paper recipe (this file's ADPAConfig) makes a DPO teacher at the released teacher-DPO recipe's beta and lr.
+    assert options() == {"reference": "teacher", "teacher_dpo": {"beta": 0.01, "lr": 5e-7}}
+    variants = [options(), options(reference="student"), options(teacher_dpo_beta=0.1), options(teacher_dpo_lr=1e-6),
+                options(teacher_dpo=False)]
     assert variants[3]["teacher_dpo"]["lr"] == 1e-6
-    assert len({stable_hash(v) for v in variants}) == 4
-    # Loss-side settings share one cached signal.
+    assert variants[4] == {"reference": "teacher", "teacher_dpo": None}
+    assert len({stable_hash(v) for v in variants}) == 5
+    # Loss-side settings share one cached signal; without a teacher-DPO stage its settings do not matter.
     assert options(advantage_mode="clamped_official", adpa_weight=2.0, sft_weight=1.0) == options()
+    assert options(teacher_dpo=False, teacher_dpo_lr=1e-3) == options(teacher_dpo=False)
 
 
 def test_declarations_and_registration():
@@ -319,4 +329,4 @@ def test_declarations_and_registration():
     assert METHODS.get("adpa") is ADPA and METHODS.get("adpa_plus") is ADPAPlus
     assert ADPA.starts_from is None and ADPAPlus.starts_from == "dckd"
     for cls in (ADPA, ADPAPlus):
-        assert cls.needs == ("adpa_advantage",) and cls.needs_shared_vocab and cls.Config is ADPAConfig
+        assert cls.needs == ("adpa_advantage",) and cls.needs_shared_vocab and cls.Config is _ADPAConfig

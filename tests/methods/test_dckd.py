@@ -3,6 +3,7 @@ response (+ optional NLL), the official code's clamps, and config validation."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from harness.errors import BenchError
 from harness.losses import bucket_forward_kl
-from methods.dckd import DCKD, DCKDConfig, official_bucket_kl
+from methods.dckd import DCKD, RECIPES, official_bucket_kl
+from methods.dckd import DCKDConfig as _DCKDConfig
 from tests.methods.helpers import (
     ROWS,
     STUDENT,
@@ -28,6 +30,10 @@ from tests.methods.helpers import (
 STUDENT_BINDING = [row[:] for row in STUDENT]
 STUDENT_BINDING[3] = [8.0, 0.0, 0.0, -12.0, 0.0]
 
+# These tests check the equations, so they start from the paper recipe; the released (default) recipe is
+# pinned in tests/harness/test_recipes.py.
+DCKDConfig = functools.partial(_DCKDConfig, **RECIPES["paper"].values)
+
 
 def side_kl(side, student=STUDENT, official=False):
     return sum(bucket_kl(prev, student, official) for prev, _ in transitions(ROWS, side))
@@ -42,7 +48,7 @@ def terms_of(out):
 
 
 def test_dckd_default_is_kl_on_both_sides():
-    out = DCKD().loss(TokenLM(STUDENT), make_batch())
+    out = DCKD(DCKDConfig()).loss(TokenLM(STUDENT), make_batch())
     terms = terms_of(out)
     assert set(terms) == {"kl_chosen", "kl_rejected"}
     assert terms["kl_chosen"][0] == pytest.approx(side_kl("chosen_ids"), abs=1e-5)
@@ -80,7 +86,7 @@ def test_dckd_chosen_weight_zero_keeps_only_the_requested_terms():
 
 def test_official_clamp_equals_default_where_no_clamp_binds():
     batch = make_batch()
-    default = terms_of(DCKD().loss(TokenLM(STUDENT), batch))
+    default = terms_of(DCKD(DCKDConfig()).loss(TokenLM(STUDENT), batch))
     official = terms_of(DCKD(DCKDConfig(official_clamp=True)).loss(TokenLM(STUDENT), batch))
     for name in ("kl_chosen", "kl_rejected"):
         assert official[name][0] == pytest.approx(default[name][0], rel=1e-5, abs=1e-6)
@@ -88,7 +94,7 @@ def test_official_clamp_equals_default_where_no_clamp_binds():
 
 def test_official_clamp_differs_where_the_student_floor_binds():
     batch = make_batch()
-    default = terms_of(DCKD().loss(TokenLM(STUDENT_BINDING), batch))
+    default = terms_of(DCKD(DCKDConfig()).loss(TokenLM(STUDENT_BINDING), batch))
     official = terms_of(DCKD(DCKDConfig(official_clamp=True)).loss(TokenLM(STUDENT_BINDING), batch))
     for name, side in (("kl_chosen", "chosen_ids"), ("kl_rejected", "rejected_ids")):
         assert default[name][0] == pytest.approx(side_kl(side, STUDENT_BINDING), rel=1e-5)

@@ -3,13 +3,15 @@ argmax variant mixed with the NLL; values by hand with token-conditioned fake LM
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 
 from harness.batch import with_responses
 from harness.errors import BenchError
-from methods.dpkd import DPKD, DPKDConfig
+from methods.dpkd import DPKD, RECIPES
+from methods.dpkd import DPKDConfig as _DPKDConfig
 from tests.methods.helpers import (
     ROWS,
     STUDENT,
@@ -25,6 +27,10 @@ from tests.methods.helpers import (
 
 GOOD = [[2, 3, 1, 4], [0, 2]]  # the teacher's answers
 BAD = [[4, 4], [1, 3, 0]]  # the student's samples
+
+# These tests check the equations, so they start from the paper recipe; the released (default) recipe is
+# pinned in tests/harness/test_recipes.py.
+DPKDConfig = functools.partial(_DPKDConfig, **RECIPES["paper"].values)
 
 
 def make_batch():

@@ -3,6 +3,7 @@ teacher's, the vanilla ranking loss, and the official code's JSD form; values by
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -11,12 +12,17 @@ import torch
 
 from harness.batch import pad_sequences
 from harness.errors import BenchError
-from methods.pad import PAD, PADConfig, permutations, plackett_luce_logp, ranking_jsd
+from methods.pad import PAD, RECIPES, permutations, plackett_luce_logp, ranking_jsd
+from methods.pad import PADConfig as _PADConfig
 from tests.methods.helpers import ROWS, TokenLM, collated, response_logps, sgd_step
 from tests.methods.helpers import STUDENT as TABLE
 
 R_S = [0.2, -0.5, 0.1]
 R_T = [-0.3, 0.4, 0.0]
+
+# These tests check the equations, so they start from the paper recipe; the released (default) recipe is
+# pinned in tests/harness/test_recipes.py.
+PADConfig = functools.partial(_PADConfig, **RECIPES["paper"].values)
 
 
 def pl(rewards, tau, beta):
@@ -102,7 +108,8 @@ def test_rd_loss_is_minus_log_prob_of_the_teacher_ranking():
     for r_s, r_t in zip(student_rewards(), TEACHER_SCORES):
         tau = sorted(range(3), key=lambda i: -r_t[i])
         expected -= math.log(pl(r_s, tau, beta))
-    out = PAD(PADConfig(beta=beta, loss="rd")).loss(TokenLM(TABLE), make_batch())
+    # The released code ranks by the teacher's MCQ score for the rd loss: here the MCQ scores are TEACHER_SCORES.
+    out = PAD(PADConfig(beta=beta, loss="rd")).loss(TokenLM(TABLE), batch_with(mcq=TEACHER_SCORES))
     assert float(out.terms[0].total.detach()) == pytest.approx(expected, abs=1e-5)
 
 
@@ -121,7 +128,7 @@ def test_one_sample_per_prompt_is_refused():
     batch = make_batch()
     batch.signals["scored_samples"]["teacher_scores"] = torch.zeros(6, 1)
     with pytest.raises(BenchError, match="samples_per_prompt"):
-        PAD().loss(TokenLM(TABLE), batch)
+        PAD(PADConfig()).loss(TokenLM(TABLE), batch)
 
 
 @pytest.mark.parametrize("kwargs", [{"beta": 0.0}, {"loss": "simpo"}, {"jsd_form": "mine"}])
@@ -162,7 +169,9 @@ def test_teacher_reward_mixes_likelihood_and_mcq(alpha, loss):
     by_hand = pd_by_hand if loss == "pd" else rd_by_hand
     expected = 0.0
     for r_s, lik, mcq in zip(student_rewards(), TEACHER_SCORES, MCQ):
-        expected += by_hand(r_s, [alpha * a + (1 - alpha) * b for a, b in zip(lik, mcq)], beta)
+        # pd mixes the two rewards by alpha; rd ranks by the MCQ score alone whatever alpha (the released code)
+        target = [alpha * a + (1 - alpha) * b for a, b in zip(lik, mcq)] if loss == "pd" else mcq
+        expected += by_hand(r_s, target, beta)
     out = PAD(PADConfig(beta=beta, loss=loss, alpha=alpha)).loss(TokenLM(TABLE), batch_with(mcq=MCQ))
     assert [(t.name, t.per) for t in out.terms] == [(loss, "pairs")]
     assert float(out.terms[0].total.detach()) == pytest.approx(expected, abs=1e-5)
@@ -208,7 +217,8 @@ def test_diverse_filter_leaves_out_prompts_without_distinct_samples():
 
 def test_diverse_filter_keeping_all_is_the_plain_sum():
     beta = 2.0
-    out, batch = run_filters(PADConfig(beta=beta, loss="rd", diverse_from=5), distinct=[True, True])
+    out, batch = run_filters(PADConfig(beta=beta, loss="rd", diverse_from=5), distinct=[True, True],
+                             mcq=TEACHER_SCORES)
     assert batch.counts()["scored_samples_kept"] == 2
     expected = sum(rd_by_hand(r_s, r_t, beta) for r_s, r_t in zip(student_rewards(), TEACHER_SCORES))
     assert float(out.terms[0].total.detach()) == pytest.approx(expected, abs=1e-5)
@@ -258,7 +268,8 @@ def test_mcq_present_without_the_filter_keeps_everything():
 
 @pytest.mark.parametrize("kwargs,options", [
     ({}, {}),
-    ({"alpha": 1.0, "diverse_from": 0, "mcq_filter": False, "beta": 3.0, "loss": "rd"}, {}),
+    ({"alpha": 1.0, "diverse_from": 0, "mcq_filter": False, "beta": 3.0}, {}),
+    ({"loss": "rd"}, {"mcq": True}),  # the released rd loss ranks by the MCQ score
     ({"alpha": 0.0}, {"mcq": True}),
     ({"alpha": 0.99}, {"mcq": True}),
     ({"mcq_filter": True}, {"mcq": True}),
