@@ -741,6 +741,20 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines + [""])
 
 
+def remove_stale(plots_dir: Path, runs: set[str]) -> None:
+    """Plot folders of runs no longer in the results (a removed or renamed run): their PNG/SVG files go, so the
+    plots folder always matches the board."""
+    if not plots_dir.is_dir():
+        return
+    for folder in plots_dir.iterdir():
+        if folder.is_dir() and folder.name not in runs:
+            for f in folder.iterdir():
+                if f.suffix in (".png", ".svg"):
+                    f.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def regenerate(results_dir: Path, leaderboard_dir: Path) -> list[Path]:
     """Every file under ``leaderboard_dir`` from the records under ``results_dir``: per pair the Markdown board,
     CSVs (rows, benchmark cells, seed means, paired differences), plots and HTML report; then the cross-pair
@@ -764,6 +778,7 @@ def regenerate(results_dir: Path, leaderboard_dir: Path) -> list[Path]:
                                    leaderboard_dir / "plots" / pair / run)
                  for run in sorted({r["run"] for r in pair_records})}
         written += [p[k] for ps in plots.values() for p in ps for k in ("png", "svg")]
+        remove_stale(leaderboard_dir / "plots" / pair, set(plots))
         text, diffs, tables = markdown(pair, part, description, pair_records, plots, leaderboard_dir)
         md = leaderboard_dir / f"{pair}.md"
         write_text_atomic(md, text)
@@ -771,14 +786,18 @@ def regenerate(results_dir: Path, leaderboard_dir: Path) -> list[Path]:
         write_text_atomic(csv, part.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         written += [md, csv]
         bench = benchmark_frame(part, pair_records)
+        path = leaderboard_dir / f"{pair}_benchmarks.csv"
         if not bench.empty:
-            path = leaderboard_dir / f"{pair}_benchmarks.csv"
             write_text_atomic(path, bench.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
             written.append(path)
+        else:  # a file from records that are gone would contradict the board
+            path.unlink(missing_ok=True)
+        path = leaderboard_dir / f"{pair}_differences.csv"
         if diffs:
-            path = leaderboard_dir / f"{pair}_differences.csv"
             write_text_atomic(path, pd.DataFrame(diffs).to_csv(index=False, float_format="%.6g", lineterminator="\n"))
             written.append(path)
+        else:
+            path.unlink(missing_ok=True)
         written.append(render_report(pair, pair_records, plots, leaderboard_dir, description, tables=tables))
     summary = summary_frame(records)
     if not summary.empty:

@@ -419,3 +419,23 @@ def test_a_seed_section_without_common_rows_says_so_in_words(tmp_path):
     assert "No row was run with every seed of this group" in section
     html = (tmp_path / "lb" / "toy-a.html").read_text()
     assert "No row was run with every seed of this group" in html
+
+
+def test_files_of_records_that_are_gone_are_removed(tmp_path):
+    import shutil
+
+    from tests.fixtures.results_tree import build_results
+
+    results = build_results(tmp_path)
+    lb = tmp_path / "lb"
+    regenerate(results, lb)
+    assert (lb / "plots" / "toy-a" / "tiny-seed1").is_dir() and (lb / "toy-a_benchmarks.csv").exists()
+    shutil.rmtree(results / "toy-a" / "tiny-seed1")  # a run removed from the results
+    for bench in (results / "toy-a" / "tiny-seed0").glob("*/benchmarks"):  # and every benchmark score
+        shutil.rmtree(bench)
+    (lb / "plots" / "toy-a" / "tiny-seed1" / "notes.txt").write_text("not ours")
+    regenerate(results, lb)
+    assert not list((lb / "plots" / "toy-a" / "tiny-seed1").glob("*.png"))
+    assert (lb / "plots" / "toy-a" / "tiny-seed1" / "notes.txt").exists()  # only the files it writes are removed
+    assert (lb / "plots" / "toy-a" / "tiny-seed0").is_dir()
+    assert not (lb / "toy-a_benchmarks.csv").exists()
