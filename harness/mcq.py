@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jinja2.exceptions import TemplateError
 from tqdm.auto import tqdm
+
+from harness.signals import SIGNAL_BATCH
 
 PAD_COMMIT = "89f2a9104ebfdab1b821f2d86240d422b7ec5393"
 TEMPLATE_PATH = "data_gen/gen/mcq-template.json"
@@ -35,7 +38,6 @@ OWN_TEMPLATE = (
 )  # our wording, used only when the released template cannot be had
 MCQ_EPS = 1e-8
 MCQ_TOP = 20  # the official scorer reads the teacher's top-20 next-token log-probs
-SIGNAL_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def query_ids(tokenizer, template: McqTemplate, instruction: str, a: str, b: str
     messages = template.messages(instruction, a, b)
     try:
         return prompt_ids(tokenizer, messages)
-    except Exception:  # jinja's TemplateError: the chat template refuses a system turn
+    except TemplateError:  # the chat template refuses a system turn
         if len(messages) == 1:
             raise
         merged = messages[0]["content"] + "\n\n" + messages[1]["content"]

@@ -70,9 +70,10 @@ class Method:
     recipes: ClassVar[dict] = {}
     default_recipe: ClassVar[str | None] = None
 
-    def __init__(self, config: MethodConfig | None = None, recipe: str | None = None):
+    def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.Config()
-        self.recipe = recipe if recipe is not None else self.default_recipe
+        self.recipe = self.default_recipe  # the run's rows are built by harness/recipes.build, which sets both
+        self.options_set: list[str] = []  # config fields the user set on top of the recipe
         self.runtime: Runtime | None = None
         # Work done inside prepare_batch/loss beyond the student's own forward passes, for compute records.
         self.usage = {"teacher_tokens": 0, "generated_tokens": 0, "student_forward_tokens": 0}

@@ -29,7 +29,6 @@ class Recipe:
     source: str = ""  # the release or paper as a whole
 
 
-
 def split_row(spec: str) -> tuple[str, str | None]:
     """``"adpa@paper"`` -> ("adpa", "paper"); ``"adpa"`` -> ("adpa", None)."""
     name, at, recipe = spec.partition("@")
@@ -39,17 +38,16 @@ def split_row(spec: str) -> tuple[str, str | None]:
 
 
 def recipe_names(cls) -> list[str]:
-    return list(getattr(cls, "recipes", {}) or {})
+    return list(cls.recipes)
 
 
 def resolve(cls, name: str, recipe: str | None) -> str | None:
     """The recipe a row of method ``cls`` runs: the one asked for, or the method's default (None when the method
     declares no recipes)."""
-    recipes = getattr(cls, "recipes", {}) or {}
     if recipe is None:
-        return getattr(cls, "default_recipe", None)
-    if recipe not in recipes:
-        known = ", ".join(recipes) or "none (its config defaults are its only form)"
+        return cls.default_recipe
+    if recipe not in cls.recipes:
+        known = ", ".join(cls.recipes) or "none (its config defaults are its only form)"
         raise BenchError(f"Method {name!r} has no recipe {recipe!r}. Its recipes: {known}. "
                          "`bench methods` lists each with where its values come from.")
     return recipe
@@ -57,7 +55,7 @@ def resolve(cls, name: str, recipe: str | None) -> str | None:
 
 def make_config(cls, name: str, recipe: str | None, options: dict):
     """``cls.Config`` from the recipe's values, then the user's ``--option`` values on top."""
-    values = dict(cls.recipes[recipe].values) if recipe is not None and getattr(cls, "recipes", None) else {}
+    values = dict(cls.recipes[recipe].values) if recipe is not None else {}
     values.update(options)
     try:
         return cls.Config(**values)
@@ -67,7 +65,7 @@ def make_config(cls, name: str, recipe: str | None, options: dict):
 
 def row_name(cls, name: str, recipe: str | None) -> str:
     """``name`` for the method's default recipe, ``name@recipe`` otherwise."""
-    return name if recipe is None or recipe == getattr(cls, "default_recipe", None) else f"{name}@{recipe}"
+    return name if recipe is None or recipe == cls.default_recipe else f"{name}@{recipe}"
 
 
 def recipe_record(cls, recipe: str | None, budget_lr: float, options: dict) -> dict | None:
@@ -84,11 +82,19 @@ def recipe_record(cls, recipe: str | None, budget_lr: float, options: dict) -> d
 
 def check_defaults(cls) -> list[str]:
     """Fields where the config's dataclass default differs from the default recipe's value (should be none)."""
-    default = getattr(cls, "default_recipe", None)
+    default = cls.default_recipe
     if default is None:
         return []
     defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
     return [k for k, v in cls.recipes[default].values.items() if defaults.get(k, object()) != v]
+
+
+def build(cls, name: str, recipe: str | None, options: dict):
+    """Method ``cls`` configured from ``recipe`` and then ``options``; it remembers both for its record."""
+    method = cls(make_config(cls, name, recipe, options))
+    method.recipe = recipe  # set after construction: an outside method's __init__ may take the config alone
+    method.options_set = sorted(options)
+    return method
 
 
 def build_row(spec: str):
@@ -97,7 +103,4 @@ def build_row(spec: str):
 
     name, asked = split_row(spec)
     cls = METHODS.get(name)
-    recipe = resolve(cls, name, asked)
-    method = cls(make_config(cls, name, recipe, {}))
-    method.recipe = recipe
-    return method
+    return build(cls, name, resolve(cls, name, asked), {})

@@ -314,3 +314,29 @@ def test_counts_report_the_kept_examples_of_a_filtered_signal():
     assert counts["scored_samples_tokens"] == sum(len(r) for r in RESPONSES)  # still read from "seqs"
     batch.signals["scored_samples"]["keep"] = torch.tensor([False, False, False])
     assert batch.counts()["scored_samples_kept"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ the MCQ template
+
+
+def test_the_released_template_is_read_from_the_data_folder_and_filled_as_the_code_does(tmp_path, smollm2_tokenizer):
+    import json
+
+    from harness.mcq import McqTemplate, load_template, query_ids
+
+    assert load_template(tmp_path, tmp_path).name == "ours"  # no copy in the data folder: our wording, said so
+    folder = tmp_path / "reference" / "pad"
+    folder.mkdir(parents=True)
+    # A stand-in with the released file's fields and placeholders (the released text is not copied here).
+    (folder / "mcq-template.json").write_text(json.dumps({
+        "system": "Pick the best of $identifier_list_str.",
+        "user": "Q: $instruction\n$candidate_response_list_str\nBest:"}))
+    template = load_template(tmp_path, tmp_path)
+    assert template.name == "official" and str(folder / "mcq-template.json") in template.origin
+    messages = template.messages("Name a city.", "Paris", "Rome")
+    assert messages == [{"role": "system", "content": "Pick the best of (A, or B)."},
+                        {"role": "user", "content": 'Q: Name a city.\nA) """\nParis\n"""\nB) """\nRome\n"""\nBest:'}]
+    ids = query_ids(smollm2_tokenizer, template, "Name a city.", "Paris", "Rome")
+    text = smollm2_tokenizer.decode(ids)
+    assert "Pick the best of (A, or B)." in text and text.index("Pick the best") < text.index("Q: Name a city.")
+    assert template.digest != McqTemplate("ours").digest  # the template enters the signal's cache key
