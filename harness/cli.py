@@ -186,9 +186,10 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, re
     from harness.cache import default_cache_dir
     from harness.data import data_dir_from_env
     from harness.distributed import Launcher
+    from harness.files import check_writable
     from harness.leaderboard import regenerate
     from harness.pairs import adhoc_pair, get_pair
-    from harness.pipeline import MethodsFailed, RunOptions, check_writable
+    from harness.pipeline import MethodsFailed, RunOptions
     from harness.pipeline import run as run_pipeline
 
     if (teacher is None) != (student is None):
@@ -310,8 +311,8 @@ def budgets():
 def leaderboard(results_dir, leaderboard_dir, screenshot_dir):
     """Regenerate leaderboards/ from results/ alone (no training, generation or judging)."""
     leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
+    from harness.files import check_writable
     from harness.leaderboard import regenerate
-    from harness.pipeline import check_writable
 
     if not Path(results_dir).is_dir():
         raise BenchError(f"No results folder at {results_dir}. Run `bench run` first or pass --results-dir.")
@@ -371,7 +372,7 @@ def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, 
     names = parse_benchmarks(benchmarks)
     opts = _eval_opts(results_dir, cache_dir, data_dir, pair, run_name,
                       [r.strip() for r in rows.split(",")] if rows else None, seed, kw)
-    from harness.pipeline import check_writable
+    from harness.files import check_writable
 
     for folder in (leaderboard_dir, results_dir):  # before any answer is generated; the lock writes a file too
         check_writable(folder)

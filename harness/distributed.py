@@ -105,13 +105,14 @@ def spec_to_options(d: dict):
 
 def launch(launcher: Launcher, opts, method: str, out: Path) -> tuple[object, dict]:
     """Train ``method`` on ``launcher.processes`` processes; returns the trained model and its training record."""
-    from harness.pipeline import load_model_from, say
+    from harness.log import log
+    from harness.pipeline import load_model_from
 
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "spec.json"
     spec.write_text(json.dumps({"options": options_to_spec(opts), "method": method, "out": str(out)}))
     cmd = launcher.command(spec)
-    say(f"train {method}: {launcher.processes} process(es): {' '.join(cmd)}")
+    log.info(f"train {method}: {launcher.processes} process(es): {' '.join(cmd)}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, env=env)

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import harness
-from harness.cache import StageCache, file_fingerprint, stable_hash, write_json_atomic, write_text_atomic
+from harness.cache import StageCache, file_fingerprint, stable_hash
 from harness.errors import BenchError
+from harness.files import write_json_atomic, write_text_atomic
 from harness.judges import Decoding, Judge, JudgmentCache, OpenAIJudge, TransformersJudge, judge_all
+from harness.log import log
 from harness.registry import PAIRS
 
 OFFICIAL_JUDGES = {"mt_bench": ("gpt-4", "gpt-4-0613")}  # the alias and the snapshot the maintainers used
@@ -326,7 +328,6 @@ def mt_bench_answers(model, tokenizer, questions: list[dict], max_new_tokens: in
 
 def eval_mt_bench(opts: EvalOptions) -> list[Path]:
     from harness.benchmarks import mt_bench
-    from harness.pipeline import say
 
     root = data_root(opts, "mt_bench")
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or mt_bench.ANSWER_MAX_NEW_TOKENS,
@@ -367,7 +368,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
         path = write_result(opts, row, "mt_bench", result,
                             [{**r, "answers": a} for r, a in zip(rows, [ans for ans in answers for _ in (1, 2)])])
         score = metrics.get("score")
-        say(f"MT-Bench {row}: score {score if score is None else round(score, 3)} on {metrics['n']} judgments, "
+        log.info(f"MT-Bench {row}: score {score if score is None else round(score, 3)} on {metrics['n']} judgments, "
             f"{metrics['n_failed']} unparsed ({counts['called']} judge calls, {counts['cached']} cached)")
         written.append(path)
     return written
@@ -404,7 +405,6 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
 
     from harness.benchmarks import arena_hard
     from harness.judges import cached_judge
-    from harness.pipeline import say
 
     root = data_root(opts, "arena_hard")
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or arena_hard.ANSWER_MAX_TOKENS)
@@ -456,7 +456,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
                   "metrics": metrics, "baseline": config["baseline_model"], "judge_calls": calls["n"],
                   "judge_config_sha256": file_fingerprint(arena_hard.data_file(root, "judge_config.yaml"))}
         written.append(write_result(opts, row, "arena_hard", result, rows))
-        say(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
+        log.info(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
             f"games without a verdict ({calls['n']} judge calls)")
     return written
 
@@ -470,7 +470,6 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
     and the ``length_controlled_minimal`` GLM (never presented as the official LC, which needs hub files)."""
     from harness.benchmarks import alpaca_eval
     from harness.benchmarks.download import fetch_alpaca_eval_lc_files
-    from harness.pipeline import say
 
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or alpaca_eval.ANSWER_MAX_NEW_TOKENS)
     root = data_root(opts, "alpaca_eval")
@@ -523,7 +522,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
                   "reference_generator": alpaca_eval.REFERENCE_GENERATOR, "judge_calls": counts,
                   "eval_set_sha256": file_fingerprint(alpaca_eval.eval_set_path(root))}
         written.append(write_result(opts, row, "alpaca_eval", result, annotations))
-        say(f"AlpacaEval 2 {row}: win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} on "
+        log.info(f"AlpacaEval 2 {row}: win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} on "
             f"{metrics['n_total']} rows, {metrics['n_missing']} missing ({counts['called']} judge calls, "
             f"{counts['cached']} cached)")
     return written
@@ -554,7 +553,6 @@ def eval_rm_winrate(opts: EvalOptions, scorer=None) -> list[Path]:
     row's answers to the same prompts, scored by a reward model; hard and soft win rates with intervals.
     ``scorer`` replaces the reward model (tests, or a user's own)."""
     from harness.benchmarks import rm_winrate
-    from harness.pipeline import say
 
     pair, records = run_rows(dataclasses.replace(opts, rows=None))
     if opts.rm_reference not in records:
@@ -597,7 +595,7 @@ def eval_rm_winrate(opts: EvalOptions, scorer=None) -> list[Path]:
                   "reward_calls": score.calls - calls, "wall_clock_s": round(time.perf_counter() - t0, 2),
                   "bench_version": harness.__version__}
         written.append(write_result(opts, row, "rm_winrate", result, per_row))
-        say(f"RM win rate {row} vs {opts.rm_reference}: {summary['win_rate']:.1f} ± "
+        log.info(f"RM win rate {row} vs {opts.rm_reference}: {summary['win_rate']:.1f} ± "
             f"{summary['win_rate_se'] or 0:.1f} (soft {summary['soft_win_rate']:.1f}) on {summary['n']} prompts")
     return written
 
@@ -614,7 +612,6 @@ def eval_lm_eval(opts: EvalOptions, tasks: list[str]) -> list[Path]:
     one result file per task, ``benchmarks/lm_eval_<task>.json``. ``--limit`` is a seeded subset of each task's
     documents, ``--max-new-tokens`` caps generation tasks."""
     from harness.benchmarks.lm_eval_tasks import run_tasks
-    from harness.pipeline import say
 
     pair, records = run_rows(opts)
     include = str(opts.lm_eval_include) if opts.lm_eval_include else None
@@ -640,7 +637,7 @@ def eval_lm_eval(opts: EvalOptions, tasks: list[str]) -> list[Path]:
             written.append(write_result(opts, row, f"lm_eval_{safe}", result, None))
             scores = ", ".join(f"{k} {v['value']:.3f}" for k, v in out["results"][task].items()
                                if isinstance(v.get("value"), (int, float)))
-            say(f"lm-eval {task} {row}: {scores}")
+            log.info(f"lm-eval {task} {row}: {scores}")
     return written
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from harness.budgets import comparable
-from harness.cache import stable_hash, write_text_atomic
+from harness.cache import stable_hash
 from harness.errors import BenchError
-from harness.questions import question_scores, read_jsonl
+from harness.files import read_jsonl, write_text_atomic
+from harness.questions import question_scores
 from harness.stats import N_BOOT, ROW_METRICS, bootstrap_indices, paired_bootstrap, seed_spread
 
 # name, label, higher is better
@@ -520,8 +521,8 @@ def question_columns(rec: dict) -> list[tuple[dict, dict[str, float]]]:
     """A row's per-question scores: (column, {question id: score}) for each offline metric it reports (held-out
     rows from per_example.jsonl and answers.jsonl) and each judged benchmark result."""
     row_dir = Path(rec["_dir"])
-    examples = read_jsonl(row_dir / "per_example.jsonl")
-    answers = read_jsonl(row_dir / "answers.jsonl")
+    examples = read_jsonl(row_dir / "per_example.jsonl", missing_ok=True)
+    answers = read_jsonl(row_dir / "answers.jsonl", missing_ok=True)
     out = []
     for position, (name, label, higher) in enumerate(METRICS):
         if name not in (rec.get("metrics") or {}):

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 import harness
 from harness import recipes
 from harness.budgets import Budget
-from harness.cache import StageCache, stable_hash, write_json_atomic, write_text_atomic
+from harness.cache import StageCache, stable_hash
 from harness.data import (
     EncodeStats,
     encode,
@@ -37,7 +36,9 @@ from harness.data import (
 from harness.distributed import Launcher, launch
 from harness.errors import BenchError
 from harness.evaluate import evaluate
+from harness.files import check_writable, write_json_atomic, write_text_atomic
 from harness.generation import backend_key, choose_engine, resumable, select_backend
+from harness.log import log
 from harness.mcq import load_template, most_different, teacher_mcq
 from harness.method import Runtime
 from harness.models import count_parameters, folder_parameters, load_model, load_tokenizer, materialise
@@ -68,11 +69,6 @@ REFERENCE_ROWS = ("teacher", "student-init")
 RECORD_SCHEMA = 2
 
 
-def say(message: str) -> None:
-    if os.environ.get("RANK", "0") != "0":  # one voice per distributed training: the main process's
-        return
-    tqdm.write(f"[bench] {message}", file=sys.stderr)
-
 
 @dataclass
 class RunOptions:
@@ -101,17 +97,6 @@ class RunOptions:
     def name(self) -> str:
         return self.run_name or f"{self.budget.name}-seed{self.seed}"
 
-
-def check_writable(folder: Path) -> None:
-    """Fail before any work starts, rather than after an hour of training, if results cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bench-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise BenchError(f"Cannot write to {folder}: {e.strerror or e}. Choose another folder with "
-                         "--results-dir / --leaderboard-dir / --cache-dir, or fix its permissions.") from None
 
 
 def build_methods(opts: RunOptions) -> dict:
@@ -196,7 +181,7 @@ class Run:
         b = self.budget
         dataset = self.opts.dataset or self.pair.dataset
         source = resolve_source(dataset, self.opts.data_dir)
-        say(f"data: {dataset} from {source.location}")  # the full path on screen; records keep a portable one
+        log.info(f"data: {dataset} from {source.location}")  # the full path on screen; records keep a portable one
         splits = load_splits(source, b.train_examples, b.eval_examples, b.seed)
         self.tokenizer = load_tokenizer(self.pair.student)
         self.teacher_tokenizer = load_tokenizer(self.pair.teacher)
@@ -225,7 +210,7 @@ class Run:
     # ------------------------------------------------------------------ models
     def teacher(self):
         if self._teacher is None:
-            say(f"loading teacher {self.pair.teacher.describe()}")
+            log.info(f"loading teacher {self.pair.teacher.describe()}")
             self._teacher = load_model(self.pair.teacher).to(self.device)
         return self._teacher
 
@@ -242,7 +227,7 @@ class Run:
         if not self.cache.has("warmstart", key):
             from methods.sft import SFT
 
-            say(f"warm-start: SFT of the student for {self.budget.warmstart_steps} steps (shared by all methods)")
+            log.info(f"warm-start: SFT of the student for {self.budget.warmstart_steps} steps (shared by all methods)")
             warm_budget = self.budget.with_overrides(max_steps=self.budget.warmstart_steps)
             model = load_model(self.pair.student).to(self.device)
             sft = SFT()
@@ -288,7 +273,7 @@ class Run:
             return model, self.teacher(), {"teacher_dpo": info}
         ref = None
         if options["reference"] == "teacher":  # the pair names it (ADPA.check_pair made sure before any work)
-            say(f"loading reference teacher {self.pair.reference_teacher.describe()}")
+            log.info(f"loading reference teacher {self.pair.reference_teacher.describe()}")
             ref = load_model(self.pair.reference_teacher).to(self.device)
         return self.teacher(), ref, {"teacher_dpo": None}
 
@@ -309,7 +294,7 @@ class Run:
             teacher = self.teacher()
             ref, ref_tokens = compute_sequence_logps(teacher, self.train_rows, self.tokenizer.pad_token_id,
                                                      "teacher DPO: reference log-probs")
-            say(f"teacher DPO: {self.budget.optimizer_steps} steps, beta {options['beta']}, lr {options['lr']}")
+            log.info(f"teacher DPO: {self.budget.optimizer_steps} steps, beta {options['beta']}, lr {options['lr']}")
             model = load_model(self.pair.teacher).to(self.device)
             dpo = DPO(DPOConfig(beta=options["beta"]))
             dpo.registered_name = "teacher-dpo"
@@ -327,7 +312,7 @@ class Run:
             with self.cache.build("teacher_dpo", key) as out:
                 model.save_pretrained(out / "checkpoint", safe_serialization=True)
                 write_json_atomic(out / "info.json", info)
-            say(f"teacher DPO: final loss {info['final_loss']:.4f}, drift KL(teacher || DPO teacher) on held-out "
+            log.info(f"teacher DPO: final loss {info['final_loss']:.4f}, drift KL(teacher || DPO teacher) on held-out "
                 f"rows {drift:.4f} nats/token, in {info['wall_clock_s']:.0f}s")
         folder = self.cache.path("teacher_dpo", key)
         info = {**json.loads((folder / "info.json").read_text()), "stage_key": key}
@@ -405,7 +390,7 @@ class Run:
             with self.cache.build("signals", key) as out:
                 save_signal(data, out)
                 write_json_atomic(out / "info.json", info)
-            say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
+            log.info(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s")
         folder = self.cache.path("signals", key)
         return load_signal(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
 
@@ -429,7 +414,7 @@ class Run:
                         "bytes_per_position": reader.bytes_per_position(),
                         "wall_clock_s": time.perf_counter() - t0}
                 write_json_atomic(out / "info.json", info)
-            say(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s, "
+            log.info(f"signal {name} ({split}): {tokens} forward tokens in {info['wall_clock_s']:.1f}s, "
                 f"{info['bytes_per_position']:.1f} bytes per position")
         return load_topk(folder), {**json.loads((folder / "info.json").read_text()), "stage_key": key}
 
@@ -491,7 +476,7 @@ class Run:
         if options.get("mcq"):
             template = self.mcq_template()
             if template.name != "official":
-                say(f"PAD's MCQ score: {template.origin}")
+                log.info(f"PAD's MCQ score: {template.origin}")
             mcq, mcq_tokens = teacher_mcq(teacher, self.teacher_tokenizer, [instruction_text(ex) for ex in examples],
                                           texts, b.max_prompt_len, f"{desc}: teacher MCQ", template)
             data["mcq"] = torch.tensor(mcq, dtype=torch.float32)
@@ -547,7 +532,7 @@ class Run:
                 write_json_atomic(out / "eval.json", info)
                 _write_jsonl(out / "per_example.jsonl", per_example)
                 _write_jsonl(out / "answers.jsonl", answers)
-            say(f"eval {label}: " + ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics.items()))
+            log.info(f"eval {label}: " + ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics.items()))
         return {"folder": self.cache.path("eval", key), "key": key,
                 **json.loads((self.cache.path("eval", key) / "eval.json").read_text())}
 
@@ -617,7 +602,7 @@ class Run:
                                  validation=self.spare_rows)
         model = self.load_start(method)
         start = f", starting from the {method.starts_from} student" if method.starts_from else ""
-        say(f"train {name}: {b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
+        log.info(f"train {name}: {b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
         params = count_parameters(model)["matmul"]
         result = train(method, model, self.train_rows, signals, b, self.tokenizer.pad_token_id, b.seed,
                        desc=f"train {name}", checkpoints=self.checkpointing("train", self.train_key(name, method)))
@@ -633,7 +618,7 @@ class Run:
             dep_key = self.train_key(dep_name, dep)
             dep_info = json.loads((self.cache.path("train", dep_key) / "train.json").read_text())
             info["starts_from"] = {"method": dep_name, "train_stage_key": dep_key, "compute": compute_record(dep_info)}
-        say(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+        log.info(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
         return model, info
 
     def run_method(self, name: str, method) -> dict:
@@ -760,11 +745,11 @@ def run(opts: RunOptions) -> Path:
 
     failed: dict[str, str] = {}
     for i, (name, method) in enumerate(methods.items(), 1):
-        say(f"method {i}/{len(methods)}: {name}")
+        log.info(f"method {i}/{len(methods)}: {name}")
         dep = r.dependency(method)[0] if method.starts_from else None
         if dep in failed:
             failed[name] = f"skipped: it starts from {dep}, which failed"
-            say(f"{name}: {failed[name]}")
+            log.info(f"{name}: {failed[name]}")
             continue
         try:
             out = r.run_method(name, method)
@@ -773,7 +758,7 @@ def run(opts: RunOptions) -> Path:
             failed[name] = str(e)
             write_json_atomic(run_dir / name / "failure.json", {**common, "row": name, "method": method.registered_name,
                                                                  "config": method.config.to_dict(), **e.diagnostic()})
-            say(f"{name} stopped: {e}")
+            log.info(f"{name} stopped: {e}")
             continue
         (run_dir / name / "failure.json").unlink(missing_ok=True)
         record = {**common, "row": name, "kind": "method", "method": method.registered_name,
@@ -784,7 +769,7 @@ def run(opts: RunOptions) -> Path:
                   "git_revision": out["train"]["git_revision"], "computed_at": out["train"]["computed_at"]}
         write_record(run_dir, name, record, out["eval"], out["train"]["loss_curve"])
 
-    say("reference rows: teacher and untrained student")
+    log.info("reference rows: teacher and untrained student")
     teacher_eval = r.evaluate(r.teacher, stable_hash(opts.pair.teacher.identity()), "teacher")
     write_record(run_dir, "teacher", {**common, "row": "teacher", "kind": "reference",
                                       "model": opts.pair.teacher.describe()}, teacher_eval, None)
@@ -799,7 +784,7 @@ def run(opts: RunOptions) -> Path:
     write_record(run_dir, "student-init", {**common, "row": "student-init", "kind": "reference",
                                            "model": opts.pair.student.describe(),
                                            "warmstart_steps": opts.budget.warmstart_steps}, student_eval, None)
-    say(f"run finished in {time.perf_counter() - t_start:.0f}s; results in {run_dir}")
+    log.info(f"run finished in {time.perf_counter() - t_start:.0f}s; results in {run_dir}")
     if failed:
         raise MethodsFailed(run_dir, failed)
     return run_dir

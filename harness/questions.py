@@ -8,11 +8,10 @@ Arena-Hard: the share of weighted battles won, not the Bradley-Terry score; RM: 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from harness.errors import BenchError
+from harness.files import read_jsonl
 
 PAIRWISE = {"alpaca_eval_2": "reference_generator", "arena_hard_v0.1": "baseline", "rm_winrate": "reference"}
 _ARENA_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -23,22 +22,8 @@ def judgments_path(result: dict, row_dir: Path) -> Path:
 
 
 def read_judgments(result: dict, row_dir: Path) -> list[dict]:
-    return read_jsonl(judgments_path(result, row_dir))
+    return read_jsonl(judgments_path(result, row_dir), missing_ok=True)
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The objects of a results JSONL file, [] if it is absent; a broken line is named in the error."""
-    if not path.exists():
-        return []
-    lines = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BenchError(f"{path}:{n} is not valid JSON ({e.msg}); re-run the command that wrote it.") \
-                    from None
-    return lines
 
 
 def _item(id_, question=None, category=None, answer=None, reference_answer=None, rationale=None, score=None,

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cache import write_text_atomic
 from harness.errors import BenchError
+from harness.files import write_text_atomic
 from harness.leaderboard import (
     BENCHMARK_ORDER,
     EMPTY,

@@ -31,12 +31,12 @@ def test_readme_plot_is_a_committed_file():
 
 
 def test_readme_speed_figures_are_the_committed_benchmark_output():
-    """Every speed figure the README quotes is the committed benchmarks/results JSON's, rounded as printed."""
+    """Every speed figure the README quotes is the committed perf/results JSON's, rounded as printed."""
     import json
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("**Speed**"):readme.index("**Faults.**")]
-    report = json.loads((ROOT / "benchmarks" / "results" / "speed-cpu-2core.json").read_text())
+    report = json.loads((ROOT / "perf" / "results" / "speed-cpu-2core.json").read_text())
     cost = {m: f"{v['token_cost_ratio']:.2f}" for m, v in report["methods"].items()}
     trl = {m: f"{v['ratio']:.2f}" for m, v in report["trl"].items() if "ratio" in v}
     gen, mem, flops = report["generation"], report["memory"], report["flops"]

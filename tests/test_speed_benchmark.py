@@ -1,4 +1,4 @@
-"""benchmarks/speed.py: its step arithmetic, and a quick run of two figures on the real student checked for its
+"""perf/speed.py: its step arithmetic, and a quick run of two figures on the real student checked for its
 files, fields and internal consistency (the figures' values depend on the machine, so only their signs and
 relations are checked)."""
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "speed.py"
+SCRIPT = ROOT / "perf" / "speed.py"
 
 
 def load_speed():
-    """The script as a module (benchmarks/ is not a package); registered first, as dataclasses look it up."""
+    """The script as a module (perf/ is not a package); registered first, as dataclasses look it up."""
     if "speed_benchmark" not in sys.modules:
         spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
         module = importlib.util.module_from_spec(spec)
@@ -77,7 +77,7 @@ def test_quick_run_writes_consistent_figures(tmp_path, shared_dir):
     assert {"methods", "trl", "memory"}.isdisjoint(report)
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch_threads"] >= 1
     assert {"torch", "transformers", "trl"} <= set(report["versions"])
-    assert report["git_revision"] and "benchmarks/speed.py --quick" in report["command"]
+    assert report["git_revision"] and "perf/speed.py --quick" in report["command"]
     assert report["settings"]["steps"] == 2 and report["settings"]["warmup"] == 1
 
     gen = report["generation"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harness.errors import BenchError
+from harness.files import read_jsonl  # noqa: F401  (the benchmark loaders read their files with it)
 
 
 def find_file(root, subdir: str, name: str, what: str, extra_hint: str = "") -> Path:
@@ -21,18 +21,3 @@ def find_file(root, subdir: str, name: str, what: str, extra_hint: str = "") -> 
         f"{extra_hint}."
     )
 
-
-def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file; a bad line is named by file and line number."""
-    rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BenchError(f"File {path} does not exist; give the path of an existing JSONL file.") from None
-    for lineno, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BenchError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
-    return rows

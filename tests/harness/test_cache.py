@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.cache import DONE, StageCache, stable_hash, write_json_atomic, write_text_atomic
+from harness.cache import DONE, StageCache, stable_hash
+from harness.files import write_json_atomic, write_text_atomic
 
 
 def test_stable_hash_ignores_dict_key_order():

@@ -85,7 +85,7 @@ def test_the_planted_answer_comes_back_verbatim(tmp_path):
 def test_a_broken_judgments_file_names_its_line(tmp_path):
     result = write(tmp_path, "mt_bench", {"benchmark": "mt_bench"}, [])
     (tmp_path / "benchmarks" / "mt_bench_judgments.jsonl").write_text('{"question_id": 1}\n{"oops\n')
-    with pytest.raises(BenchError, match=r"mt_bench_judgments.jsonl:2 is not valid JSON"):
+    with pytest.raises(BenchError, match=r"mt_bench_judgments.jsonl:2: not valid JSON"):
         judged_items(result, tmp_path)
 
 

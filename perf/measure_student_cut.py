@@ -1,6 +1,6 @@
 """Measure how much removing a block of SmolLM2-135M-Instruct's decoder layers hurts it, to pick the student.
 
-    python benchmarks/measure_student_cut.py --data-dir ../shared [--prompts 14] [--cuts none,12-16,10-16]
+    python perf/measure_student_cut.py --data-dir ../shared [--prompts 14] [--cuts none,12-16,10-16]
 
 Prints, per cut, the decoder layers kept, the parameter count and the token-mean NLL of the chosen responses of
 the first N UltraFeedback test rows under the chat template (responses cut at 1024 tokens). The README's

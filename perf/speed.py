@@ -1,6 +1,6 @@
 """How fast the harness trains and generates on one machine, measured in one run.
 
-    HF_HUB_OFFLINE=1 python benchmarks/speed.py --data-dir ../shared [--label cpu-2core] [--quick] [--only F,...]
+    HF_HUB_OFFLINE=1 python perf/speed.py --data-dir ../shared [--label cpu-2core] [--quick] [--only F,...]
 
 Every figure uses the pair's student, the same training rows and the same micro-batch shape (the smoke budget with
 --batch-size, --grad-accum, --seq-len, --prompt-len). Training runs through the harness's own loop
@@ -256,7 +256,7 @@ def trl_timing(trainer_cls, bench: Bench, tokens: list[int], **kwargs) -> Timing
 
 
 def fig_trl(bench: Bench, work: Path) -> dict:
-    # trl is an optional dependency (the `benchmarks` extra): imported only for this figure.
+    # trl is an optional dependency (the `perf` extra): imported only for this figure.
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -454,7 +454,7 @@ def versions() -> dict:
 
 def command() -> str:
     env = [f"{k}={shlex.quote(os.environ[k])}" for k in ("HF_HUB_OFFLINE", "BENCH_MODEL_CACHE") if k in os.environ]
-    return " ".join([*env, "python", "benchmarks/speed.py", *map(shlex.quote, sys.argv[1:])])
+    return " ".join([*env, "python", "perf/speed.py", *map(shlex.quote, sys.argv[1:])])
 
 
 def yes_no(ok) -> str:
@@ -541,7 +541,7 @@ def parse_args(argv=None):
     default_data = os.environ.get("BENCH_DATA_DIR") or str(ROOT.parent / "shared")
     p.add_argument("--data-dir", type=Path, default=Path(default_data))
     p.add_argument("--label", default="cpu-2core")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "perf" / "results")
     p.add_argument("--cache-dir", type=Path, default=None, help="signal cache (default: a temporary folder)")
     p.add_argument("--only", default=",".join(FIGURES), help=f"figures among {','.join(FIGURES)}")
     p.add_argument("--methods", default=None, help=f"default {METHOD_LIST} ({QUICK_METHODS} with --quick)")

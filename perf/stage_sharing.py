@@ -3,7 +3,7 @@
 Reads results/<pair>/<run>/*/record.json only (no model is loaded). A stage used by k methods was computed once;
 without sharing it would have been computed k times, so it saved (k - 1) x its wall-clock.
 
-    python benchmarks/stage_sharing.py --pair smollm2-135m --run smoke-seed0
+    python perf/stage_sharing.py --pair smollm2-135m --run smoke-seed0
 """
 
 from __future__ import annotations
