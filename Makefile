@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared,)
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup browser demo test lint clean-cache
+.PHONY: setup browser demo test test-fast lint clean-cache
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra
+
+# The everyday tier: unit tests with tiny random models and toy results, no real model, no bench process.
+test-fast: setup
+	$(BIN)/ruff check .
+	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra -m "not slow"
 
 clean-cache:
 	rm -rf .cache ~/.cache/bench

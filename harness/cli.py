@@ -324,7 +324,7 @@ def leaderboard(results_dir, leaderboard_dir, screenshot_dir):
         raise BenchError(f"{results_dir} holds no run records (results/<pair>/<run>/<row>/record.json).")
     _echo_leaderboards(written)
     if screenshot_dir:
-        from harness.report import screenshot
+        from harness.browser import screenshot
 
         for page in written:
             if page.suffix == ".html" and page.name != "index.html":
@@ -350,7 +350,9 @@ def compare(row_a, row_b, pair, run_name, results_dir):
 
 @main.command("eval")
 @click.option("--benchmarks", required=True,
-              help="Comma-separated: mt_bench, arena_hard, alpaca_eval, rm_winrate, lm_eval:<task> (any lm-eval task).")
+              help="Comma-separated benchmark ids: mt_bench, arena_hard_v0.1, alpaca_eval_2, rm_winrate, any installed "
+                   "through `bench.benchmarks`, and lm_eval:<task> (any lm-eval task); arena_hard and alpaca_eval are "
+                   "accepted too.")
 @_eval_options
 @click.option("--pair", default="smollm2-135m", show_default=True)
 @click.option("--run", "run_name", default="smoke-seed0", show_default=True)

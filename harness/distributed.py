@@ -1,8 +1,8 @@
-"""Training one method on several processes: the launch command, the presets, and the worker it runs.
+"""Training one method on several processes: the launch command and the presets (the worker: harness/worker.py).
 
 The run itself stays in one process (data, signals, evaluation, records). Only a method's training is handed to
 N processes: the parent computes everything the method needs into the stage cache first, writes a small JSON
-spec, and launches ``python -m harness.distributed <spec>`` under ``torchrun`` (CPU, gloo) or ``accelerate
+spec, and launches ``python -m harness.worker <spec>`` under ``torchrun`` (CPU, gloo) or ``accelerate
 launch`` with a preset (GPU: DDP, FSDP or DeepSpeed ZeRO-3). Each worker rebuilds the run from the spec, reads the
 cached signals, and trains its share of every optimizer step (harness/trainer.py); the main worker writes the
 weights and the training record where the parent picks them up.
@@ -13,15 +13,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
+from harness.budgets import Budget
 from harness.errors import BenchError
+from harness.log import log
+from harness.models import ModelSpec, load_model_from
+from harness.options import RunOptions
+from harness.pairs import Pair
+from harness.trainer import NonFiniteLoss, check_process_split
 
 PRESET_DIR = Path(__file__).parent / "accelerate_configs"
 # Which preset suits which scale (harness/accelerate_configs/<name>.yaml).
@@ -46,8 +49,6 @@ class Launcher:
 
     def check(self, budget) -> None:
         """Before any work, the check each worker's trainer would make."""
-        from harness.trainer import check_process_split
-
         check_process_split(budget, self.processes)
 
     @property
@@ -55,7 +56,7 @@ class Launcher:
         return self.processes > 1 or self.preset is not None
 
     def command(self, spec: Path) -> list[str]:
-        worker = ["-m", "harness.distributed", str(spec)]
+        worker = ["-m", "harness.worker", str(spec)]
         if self.preset is None:
             # accelerate's own launcher wants MPI for several CPU processes; torchrun starts gloo workers directly.
             return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
@@ -83,11 +84,6 @@ def options_to_spec(opts) -> dict:
 
 
 def spec_to_options(d: dict):
-    from harness.budgets import Budget
-    from harness.models import ModelSpec
-    from harness.pairs import Pair
-    from harness.pipeline import RunOptions
-
     def model(m):
         if m is None:
             return None
@@ -105,9 +101,6 @@ def spec_to_options(d: dict):
 
 def launch(launcher: Launcher, opts, method: str, out: Path) -> tuple[object, dict]:
     """Train ``method`` on ``launcher.processes`` processes; returns the trained model and its training record."""
-    from harness.log import log
-    from harness.pipeline import load_model_from
-
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "spec.json"
     spec.write_text(json.dumps({"options": options_to_spec(opts), "method": method, "out": str(out)}))
@@ -119,48 +112,9 @@ def launch(launcher: Launcher, opts, method: str, out: Path) -> tuple[object, di
     if done.returncode != 0:
         failure = out / "failure.json"
         if failure.exists():  # a worker stopped on a non-finite loss: the same error as in one process
-            from harness.trainer import NonFiniteLoss
-
             f = json.loads(failure.read_text())
             raise NonFiniteLoss(method, float(f["loss"]), f["step"], f["rows"], f["last_finite_loss"])
         raise BenchError(f"Training {method} on {launcher.processes} processes failed (exit {done.returncode}); "
                          "its output is above. Checkpoints written so far are kept: the same command resumes.")
     info = json.loads((out / "train.json").read_text())
     return load_model_from(out / "model"), info
-
-
-def worker(spec_path: str) -> None:
-    """One process of a distributed training: rebuild the run, train the method, main process writes results."""
-    import methods  # noqa: F401  (registers the built-in methods)
-    from harness import recipes
-    from harness.pipeline import Run, build_methods
-    from harness.trainer import NonFiniteLoss
-
-    spec = json.loads(Path(spec_path).read_text())
-    opts = spec_to_options(spec["options"])
-    out = Path(spec["out"])
-    r = Run(opts)
-    r.methods = dict(build_methods(opts))
-    r.prepare_data()
-    name = spec["method"]
-    method = r.methods.get(name) or recipes.build_row(name)  # a dependency the run does not list: its recipe
-    main = int(os.environ.get("RANK", "0")) == 0
-    try:
-        model, info = r.train_here(name, method)
-    except NonFiniteLoss as e:
-        if main:
-            (out / "failure.json").write_text(json.dumps(e.diagnostic()))
-        raise SystemExit(3) from None
-    if main:
-        tmp = out / f".model-{os.getpid()}"
-        model.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(out / "model", ignore_errors=True)
-        os.replace(tmp, out / "model")
-        (out / "train.json").write_text(json.dumps(info, default=str))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    worker(sys.argv[1])

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from harness.batch import Batch
+from harness.errors import BenchError
 
 
 @dataclass
@@ -26,6 +27,12 @@ class MethodConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_label_smoothing(method: str, value: float) -> None:
+    """Conservative DPO's epsilon (DPO, DPKD, SimPO): at 0.5 the loss no longer prefers the chosen response."""
+    if not 0.0 <= value < 0.5:
+        raise BenchError(f"{method}: label_smoothing must be in [0, 0.5), got {value}.")
 
 
 @dataclass

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from harness.cache import file_fingerprint, model_cache_dir, stable_hash
 from harness.errors import BenchError
 
@@ -124,6 +122,8 @@ def _load_raw(spec: ModelSpec):
         kwargs = {"revision": spec.revision}
         where = spec.source
     # Weights come from safetensors (or the GGUF file) only: unpickling a pytorch_model.bin can run code.
+    import torch
+
     weights = {} if gguf is not None else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -168,6 +168,8 @@ def drop_decoder_layers(model, start: int, end: int):
     n = len(layers)
     if end > n or end - start >= n:
         raise BenchError(f"Cannot drop layers {start}-{end - 1} from a model with {n} decoder layers.")
+    import torch
+
     kept = [layer for i, layer in enumerate(layers) if not start <= i < end]
     model.model.layers = torch.nn.ModuleList(kept)
     for i, layer in enumerate(kept):
@@ -180,8 +182,13 @@ def drop_decoder_layers(model, start: int, end: int):
     return model
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+def load_model(spec: ModelSpec, dtype=None, trust_remote_code: bool = False):
+    """`dtype` is a torch dtype, float32 when not given (torch is imported here, not at module level, so that
+    `bench leaderboard` and `bench methods`, which read pairs, load no model library)."""
+    import torch
     from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if dtype is None else dtype
 
     where = materialise(spec)
     try:
@@ -221,9 +228,20 @@ def count_parameters(model) -> dict:
 def folder_parameters(where: str) -> int:
     """Matmul parameters of a model from its config alone (built on the meta device: no weights are read), for
     compute records when the model itself ran elsewhere (vLLM)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(where)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return count_parameters(model)["matmul"]
+
+
+def load_model_from(folder: Path):
+    """A model saved by a stage (a trained student, the teacher-DPO stage), in float32 for evaluation mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    model.eval()
+    return model

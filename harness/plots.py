@@ -10,174 +10,33 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import re
-import uuid
 from pathlib import Path
 
 import matplotlib
-import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from harness.leaderboard import METRICS, REFERENCE_ORDER, benchmark_columns, variant
-
-DPI = 110
-RC = {"svg.hashsalt": "bench-plots", "svg.fonttype": "path", "font.size": 9, "axes.titlesize": 9,
-      "figure.titlesize": 11, "legend.fontsize": 8}
-UNITS = {"pref_acc": "share of pairs", "nll_chosen": "nats/tok", "kl_teacher": "nats/tok", "rouge_l": "F1×100"}
-MT_BENCH_CATEGORIES = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
-BENCHMARK_NAMES = {"mt_bench": "MT-Bench", "alpaca_eval_2": "AlpacaEval 2", "arena_hard_v0.1": "Arena-Hard v0.1",
-                   "rm_winrate": "RM win rate", "lm_eval": "lm-eval tasks"}
-METHOD, BEST, REFERENCE = "#4c78a8", "#f58518", "0.8"
-# tab20 dark shades first: neighbouring methods get distinct hues, not a dark/light pair of one hue
-PALETTE = [matplotlib.colormaps["tab20"](i) for i in [*range(0, 20, 2), *range(1, 20, 2)]]
-REF_STYLE = {"teacher": ("black", "--"), "student-init": ("0.45", ":")}
-
-
-# ---------------------------------------------------------------- pure helpers
-
-def _num(x) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def error_bar(cell: dict | None) -> tuple[float, float, float] | None:
-    """(value, lower error, upper error) of a cell: ± se where it has one, else its [lo, hi] interval;
-    None without a value (missing values are skipped, never drawn as 0)."""
-    value = _num((cell or {}).get("value"))
-    if value is None:
-        return None
-    se = _num(cell.get("se"))
-    if se is not None:
-        return value, se, se
-    lo, hi = (cell.get("ci") or (None, None))[:2]
-    lo, hi = _num(lo), _num(hi)
-    if lo is not None and hi is not None:  # an interval need not contain the point estimate; bars can't go negative
-        return value, max(value - lo, 0.0), max(hi - value, 0.0)
-    return value, 0.0, 0.0
-
-
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
-    """Indices of the (compute, quality) points no other point dominates, i.e. none has ≤ compute and
-    at-least-as-good quality with one of the two strictly better (equal points all stay). By compute."""
-    s = 1 if higher_is_better else -1
-
-    def dominates(a, b):
-        return a[0] <= b[0] and s * a[1] >= s * b[1] and (a[0] < b[0] or s * a[1] > s * b[1])
-
-    front = [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
-    return sorted(front, key=lambda i: (points[i][0], -s * points[i][1], i))
-
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _order(rec: dict) -> tuple:
-    """Reference rows first (teacher, student-init, any other), then methods, alphabetically: the leaderboard's
-    order, and the rule between references and methods stays right for any reference row."""
-    return rec["kind"] != "reference", REFERENCE_ORDER.get(rec["row"], len(REFERENCE_ORDER)), rec["row"]
-
-
-def _ns(ns) -> str:
-    ns = sorted({int(n) for n in ns if _num(n) is not None})
-    return "/".join(map(str, ns)) or "–"
-
-
-def _method_colors(records: list[dict]) -> dict:
-    methods = [r["row"] for r in records if r["kind"] != "reference"]
-    return {m: (PALETTE[i % len(PALETTE)], "-" if i < 10 else "-.") for i, m in enumerate(methods)}
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _figure(width: float, height: float) -> Figure:
-    # quarter inches: exact in binary, so the pixel size never depends on float rounding
-    return Figure(figsize=(math.ceil(width * 4) / 4, math.ceil(height * 4) / 4), dpi=DPI, layout="constrained")
-
-
-def _grid(fig: Figure, n: int, max_cols: int, **kw):
-    cols = min(n, max_cols)
-    axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False, **kw).ravel()
-    for ax in axes[n:]:
-        ax.remove()
-    return axes[:n]
-
-
-# ---------------------------------------------------------------- bar charts (offline metrics, benchmarks)
-
-def _row_axis(ax, rows: list[str], ref: set) -> None:
-    """Rows down the side, first on top, references (first by sort order) italic and ruled off."""
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    if 0 < len(ref) < len(rows):
-        ax.axhline(len(ref) - 0.5, color="0.3", linewidth=0.8)
-    for label in ax.get_yticklabels():
-        if label.get_text() in ref:
-            label.set_fontstyle("italic")
-
-
-def _missing(ax, y: float) -> None:
-    ax.text(0.02, y, "n/a", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.5")
-
-
-def _bars_figure(title: str, records: list[dict], panels: list[dict], max_cols: int) -> Figure:
-    """Horizontal bars, one panel per metric, rows down the side (their names stay readable for any count)."""
-    rows = [r["row"] for r in records]
-    ref = {r["row"] for r in records if r["kind"] == "reference"}
-    cols = min(len(panels), max_cols)
-    grid_rows = math.ceil(len(panels) / cols)
-    fig = _figure(max(1.5 + 2.9 * cols, 6.0), 0.9 + grid_rows * (0.9 + 0.24 * len(rows)))
-    fig.suptitle(title)
-    for ax, panel in zip(_grid(fig, len(panels), max_cols, sharey=True), panels):
-        for y, row in enumerate(rows):
-            bar = panel["bars"].get(row)
-            if bar is None:
-                _missing(ax, y)
-                continue
-            value, lo, hi = bar
-            color = REFERENCE if row in ref else BEST if row in panel["best"] else METHOD
-            ax.barh(y, value, height=0.7, color=color, hatch="///" if row in ref else None,
-                    edgecolor="0.35" if row in ref else color, linewidth=0.5)
-            if lo or hi:
-                ax.errorbar(value, y, xerr=[[lo], [hi]], fmt="none", ecolor="0.15", elinewidth=0.8, capsize=2)
-        ax.set_title(panel["title"])
-        ax.set_xlabel(panel["xlabel"])
-        ax.axvline(0, color="0.3", linewidth=0.6)
-        ax.grid(axis="x", color="0.9", linewidth=0.6)
-        ax.set_axisbelow(True)
-        _row_axis(ax, rows, ref)
-    fig.legend(handles=[Patch(color=METHOD, label="method"), Patch(color=BEST, label="best method"),
-                        Patch(facecolor=REFERENCE, edgecolor="0.35", hatch="///", label="reference (not trained)")],
-               loc="outside lower center", ncols=3, frameon=False)
-    return fig
-
-
-def _best(bars: dict, methods: set, higher: bool) -> set:
-    values = {row: b[0] for row, b in bars.items() if row in methods}
-    if not values:
-        return set()
-    top = (max if higher else min)(values.values())
-    best = {row for row, v in values.items() if v == top}
-    return best if len(best) < len(values) else set()  # when all methods tie, none is best
-
-
-def _with_unit(name: str, label: str) -> str:
-    unit = UNITS.get(name)
-    if not unit:
-        return label
-    head, arrow = label.rsplit(" ", 1)
-    return f"{head} ({unit}) {arrow}"
+from harness.plot_kit import (
+    BEST,
+    DPI,
+    METHOD,
+    RC,
+    _bars_figure,
+    _best,
+    _figure,
+    _grid,
+    _method_colors,
+    _ns,
+    _num,
+    _order,
+    _style,
+    _with_unit,
+    _write_bytes_atomic,
+    error_bar,
+    pareto_front,
+)
+from harness.plots_benchmarks import _benchmarks, _columns, _mt_bench_radar, _settings, _win_tie_loss
+from harness.results import METRICS
 
 
 def _offline_metrics(records, ctx):
@@ -196,102 +55,6 @@ def _offline_metrics(records, ctx):
                "title. Orange: best trained method per panel (↑ higher / ↓ lower is better); hatched grey: "
                "reference rows (not trained); n/a: no value.")
     return [("offline_metrics", title, caption, _bars_figure(title, records, panels, max_cols=5))]
-
-
-def _columns(records: list[dict]) -> tuple[list[dict], dict]:
-    part = pd.DataFrame({"row": [r["row"] for r in records], "run": [r["run"] for r in records]})
-    return benchmark_columns(part, records)
-
-
-def _settings(columns: list[dict]) -> dict:
-    """Variant key -> setting number, per benchmark, so panels of different settings say which is which."""
-    numbers: dict = {}
-    for col in columns:
-        numbers.setdefault(col["benchmark"], {}).setdefault(col["variant"], len(numbers[col["benchmark"]]) + 1)
-    return numbers
-
-
-def _benchmarks(records, ctx):
-    columns, cells = _columns(records)
-    methods = {r["row"] for r in records if r["kind"] == "method"}
-    settings = _settings(columns)
-    out = []
-    for bench in dict.fromkeys(c["benchmark"] for c in columns):
-        panels, notes = [], {}
-        for col in (c for c in columns if c["benchmark"] == bench):
-            found = {row: cells[(col["key"], row)] for (k, row) in cells if k == col["key"]}
-            bars = {row: b for row, cell in found.items() if (b := error_bar(cell))}
-            if not bars:
-                continue
-            number = settings[bench][col["variant"]]
-            notes[number] = col["description"]
-            tag = f" [setting {number}]" if len(settings[bench]) > 1 else ""
-            ns = _ns(found[row].get("n") for row in bars)
-            panels.append({"title": f"{col['label']}{tag}\n(n={ns})", "xlabel": f"{col['label']} ↑", "bars": bars,
-                           "best": _best(bars, methods, True)})
-        if not panels:
-            continue
-        shown = BENCHMARK_NAMES.get(bench, bench)
-        title = f"{shown} — {ctx}"
-        caption = (f"{shown}: one panel per score and setting (settings never share a panel). Bars: ± one standard "
-                   "error, or the 95% bootstrap interval where the benchmark reports one; n: questions (MT-Bench: "
-                   "judgments) behind each score. Orange: best trained method; hatched grey: reference rows. "
-                   + " ".join(f"Setting {k}: {d or 'default'}." for k, d in notes.items()))
-        out.append((f"benchmark_{safe_name(bench)}", title, caption, _bars_figure(title, records, panels, 4)))
-    return out
-
-
-# ---------------------------------------------------------------- MT-Bench radar
-
-def _style(row: str, colors: dict) -> dict:
-    if row in REF_STYLE:
-        color, ls = REF_STYLE[row]
-        return {"color": color, "linestyle": ls, "linewidth": 2.0}
-    color, ls = colors.get(row, ("0.5", "-"))
-    return {"color": color, "linestyle": ls, "linewidth": 1.3}
-
-
-def _mt_bench_radar(records, ctx):
-    variants: dict = {}
-    for rec in records:
-        for result in rec.get("_benchmarks", []):
-            cats = (result.get("metrics") or {}).get("categories")
-            if result["benchmark"] == "mt_bench" and cats:
-                key, description = variant(result)
-                variants.setdefault(key, (description, {}))[1][rec["row"]] = cats
-    if not variants:
-        return []
-    colors = _method_colors(records)
-    fig = _figure(2.0 + 5.5 * len(variants), 6.0)
-    title = f"MT-Bench per category — {ctx}"
-    fig.suptitle(title)
-    for number, (_, by_row) in enumerate(variants.values(), 1):
-        present = {c for cats in by_row.values() for c in cats}
-        names = [c for c in MT_BENCH_CATEGORIES if c in present] + sorted(present - set(MT_BENCH_CATEGORIES))
-        angles = [2 * math.pi * i / len(names) for i in range(len(names))]
-        ax = fig.add_subplot(1, len(variants), number, projection="polar")
-        ax.set_theta_offset(math.pi / 2)  # first category on top, then clockwise like the published charts
-        ax.set_theta_direction(-1)
-        for rec in records:
-            if rec["row"] in by_row:
-                scores = [_num(by_row[rec["row"]].get(c)) for c in names]
-                scores = [math.nan if s is None else s for s in scores]
-                ax.plot([*angles, angles[0]], [*scores, scores[0]], label=rec["row"], **_style(rec["row"], colors))
-        ax.set_xticks(angles, names)
-        ax.set_ylim(0, 10)
-        ax.set_yticks([2, 4, 6, 8, 10])
-        ax.set_rlabel_position(180 / len(names))  # between two spokes, off the polygons' corners
-        ax.tick_params(axis="y", labelsize=7, labelcolor="0.4")
-        ax.tick_params(axis="x", pad=6)
-        ax.set_title("mean judge score (1–10), ↑ outward" + (f" [setting {number}]" if len(variants) > 1 else ""),
-                     pad=18)
-    drawn = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}  # rows of any setting
-    fig.legend(handles=[drawn[r["row"]] for r in records if r["row"] in drawn], loc="outside right upper",
-               frameon=False)
-    caption = ("MT-Bench mean judge score per category (1–10, higher is better), one polygon per row; dashed "
-               "black: teacher, dotted grey: student-init. "
-               + " ".join(f"Setting {k}: {d or 'default'}." for k, (d, _) in enumerate(variants.values(), 1)))
-    return [("mt_bench_radar", title, caption, fig)]
 
 
 # ---------------------------------------------------------------- quality vs compute
@@ -458,61 +221,6 @@ def _loss_curves(records, ctx):
                                                             if symlog else ""))
     return [("loss_curves", title, caption, fig)]
 
-
-# ---------------------------------------------------------------- win / tie / loss
-
-def _win_tie_loss(records, ctx):
-    from harness.questions import outcome_counts
-
-    panels: dict = {}  # variant key -> {benchmark, description, reference, counts: {row: (w, t, l)}}
-    for rec in records:
-        for result in rec.get("_benchmarks", []):
-            counts = outcome_counts(result, Path(rec["_dir"]))
-            if not counts or not sum(_num(counts[k]) or 0 for k in ("win", "tie", "loss")):
-                continue
-            key, description = variant(result)
-            panel = panels.setdefault(key, {"benchmark": result["benchmark"], "description": description,
-                                            "reference": counts["reference"], "counts": {}})
-            panel["counts"][rec["row"]] = tuple(_num(counts[k]) or 0.0 for k in ("win", "tie", "loss"))
-    if not panels:
-        return []
-    rows = [r["row"] for r in records]
-    ref = {r["row"] for r in records if r["kind"] == "reference"}
-    ordered = sorted(panels.values(), key=lambda p: (p["benchmark"], p["reference"], p["description"]))
-    cols = min(len(ordered), 3)
-    fig = _figure(1.5 + 3.6 * cols, 0.9 + math.ceil(len(ordered) / cols) * (0.9 + 0.24 * len(rows)))
-    title = f"Wins, ties and losses against the reference — {ctx}"
-    fig.suptitle(title)
-    shades = [("win", "#54a24b"), ("tie", "0.75"), ("loss", "#e45756")]
-    for number, (ax, panel) in enumerate(zip(_grid(fig, len(ordered), 3, sharey=True), ordered), 1):
-        for y, row in enumerate(rows):
-            counts = panel["counts"].get(row)
-            if counts is None:
-                _missing(ax, y)
-                continue
-            left = 0.0
-            for share, (_, color) in zip((100 * c / sum(counts) for c in counts), shades):
-                ax.barh(y, share, left=left, height=0.7, color=color)
-                if share >= 12:
-                    ax.text(left + share / 2, y, f"{share:.0f}", ha="center", va="center", fontsize=6.5)
-                left += share
-        ns = _ns(sum(c) for c in panel["counts"].values())
-        ax.set_title(f"{BENCHMARK_NAMES.get(panel['benchmark'], panel['benchmark'])} [{number}]\n"
-                     f"vs {panel['reference']} (n={ns})")
-        ax.set_xlim(0, 100)
-        ax.axvline(50, color="0.2", linewidth=0.6, linestyle=":")
-        ax.set_xlabel("share of judgments (%)")
-        _row_axis(ax, rows, ref)
-    fig.legend(handles=[Patch(color=c, label=f"{k} for the row") for k, c in shades],
-               loc="outside lower center", ncols=3, frameon=False)
-    caption = ("Shares of the judged comparisons each row wins, ties and loses against the benchmark's reference "
-               "answers (Arena-Hard: weighted battles, a strong verdict counting several times), in %; n: "
-               "comparisons per row. " + " ".join(f"[{k}] {p['description'] or 'default setting'}."
-                                                    for k, p in enumerate(ordered, 1)))
-    return [("win_tie_loss", title, caption, fig)]
-
-
-# ---------------------------------------------------------------- entry point
 
 PLOTS = [_offline_metrics, _benchmarks, _mt_bench_radar, _quality_vs_compute, _loss_curves, _win_tie_loss]
 

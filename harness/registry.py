@@ -6,6 +6,8 @@ An outside package adds a method without touching ours by declaring, in its pypr
     my_method = "my_package.my_module"
 
 Loading the entry point imports the module, whose ``@register_method`` decorator does the rest.
+Signals (harness/signal_api.py) come the same way, through the ``bench.signals`` group and ``@register_signal``; a
+package whose method needs its own signal names its module in both groups.
 An entry point may also point at the class itself (``"my_package.my_module:MyMethod"``); then
 it is registered under the entry point's name unless it registered itself already.
 """
@@ -85,12 +87,20 @@ class Registry(Generic[T]):
 
 
 METHODS: Registry = Registry("method", "bench.methods", ("methods",))
+# Built-in signals live in harness/signals.py and, for one method's own signal, in that method's package.
+SIGNALS: Registry = Registry("signal", "bench.signals", ("harness.signals", "methods"))
 PAIRS: Registry = Registry("pair", "bench.pairs", ("harness.pairs",))
 BUDGETS: Registry = Registry("budget", "bench.budgets", ("harness.budgets",))
+# harness.benchmark.register_benchmark fills it (one entry per id and old name)
+BENCHMARKS: Registry = Registry("benchmark", "bench.benchmarks", ("harness.benchmarks.builtin",))
 
 
 def register_method(name: str) -> Callable[[T], T]:
     return METHODS.register(name)
+
+
+def register_signal(name: str) -> Callable[[T], T]:
+    return SIGNALS.register(name)
 
 
 def register_pair(name: str, pair=None):

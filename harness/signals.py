@@ -1,17 +1,14 @@
-"""Teacher and reference signals, computed once per run and shared by every method that names them.
-
-A method declares what it consumes (``needs``); here is where each of those comes from. Today:
+"""The built-in signals shared by many methods, and the helpers that compute and collate signals.
 
 - ``teacher_topk:<side>`` — the teacher's top-k log-probs and the log-mass of the rest, at every response
   position of the chosen or rejected response (teacher-forced on the data set's text);
-- ``reference_logps`` — the frozen initial student's summed log-probs of the chosen and rejected responses;
+- ``reference_logps`` — the frozen starting student's summed log-probs of the chosen and rejected responses;
 - ``teacher_samples`` — the teacher's greedy response to each prompt (SeqKD's training targets);
-- ``student_samples`` — one response per prompt sampled (temperature 1, seeded) from the initial student;
-- ``scored_samples`` — ``samples_per_prompt`` answers per prompt sampled from the initial student (temperature 1,
-  top-p 0.95, seeded), each scored by the teacher's length-normalised log-likelihood under its own template (PAD);
-- ``adpa_advantage`` — the starting student's greedy answer to each prompt, with the aligned (DPO) teacher's top-k
-  log-probs at every answer position and the reference model's log-probs of those same tokens (ADPA);
+- ``student_samples`` — one response per prompt sampled (temperature 1, seeded) from the starting student;
 - ``teacher_model`` — not cached: the live teacher, handed to the method (``method.runtime.teacher``).
+
+A method's own signal lives with the method: ``adpa_advantage`` in methods/adpa/, ``scored_samples`` in
+methods/pad/. How a signal is declared: harness/signal_api.py.
 
 "Student" signals come from the student a method starts from: the initial student, or for a method that starts
 from another method's result (ADPA+ from DCKD) that result.
@@ -23,48 +20,32 @@ by far the largest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from harness.batch import IGNORE, Sequences, collate, pad_sequences, prompts_of, with_responses
+from harness.batch import IGNORE, Sequences, collate, pad_sequences, with_responses
 from harness.data import Encoded
 from harness.errors import BenchError
+from harness.generation import backend_key, choose_engine, select_backend
+from harness.keys import teacher_key
 from harness.losses import sequence_logps
+from harness.models import count_parameters, folder_parameters
+from harness.signal_api import (
+    Signal,
+    collate_signals,
+    load_signal,
+    parse_signal,
+    register_signal,
+    save_signal,
+)
 from harness.topk_store import DEFAULT_EXAMPLES_PER_SHARD, TopkReader, TopkWriter
+from harness.topk_store import VERSION as TOPK_STORE_VERSION
+
+__all__ = ["collate_signals", "load_signal", "parse_signal", "save_signal"]  # where callers have always found them
 
 SIGNAL_BATCH = 8
-
-
-@dataclass(frozen=True)
-class SignalSpec:
-    name: str
-    source: str  # the model that produces it: "teacher" or "student_init"
-    kind: str  # "topk" or "sequence_logps"
-    side: str | None = None
-
-
-def parse_signal(name: str) -> SignalSpec:
-    if name == "reference_logps":
-        return SignalSpec(name, "student_init", "sequence_logps")
-    if name == "teacher_samples":
-        return SignalSpec(name, "teacher", "samples")
-    if name == "student_samples":
-        return SignalSpec(name, "student_init", "samples")
-    if name == "scored_samples":
-        return SignalSpec(name, "student_init", "scored_samples")
-    if name == "adpa_advantage":
-        return SignalSpec(name, "student_init", "advantage")
-    if name == "teacher_model":
-        return SignalSpec(name, "teacher", "live")
-    kind, _, side = name.partition(":")
-    if kind == "teacher_topk" and side in ("chosen", "rejected"):
-        return SignalSpec(name, "teacher", "topk", side)
-    raise BenchError(f"Unknown signal {name!r}. Known: teacher_topk:chosen, teacher_topk:rejected, reference_logps, "
-                     "teacher_samples, student_samples, scored_samples, adpa_advantage, teacher_model.")
 
 
 def _batches(rows: list[Encoded], pad_id: int, size: int = SIGNAL_BATCH):
@@ -213,7 +194,6 @@ def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt
     """Length-normalised log-likelihood of each (prompt messages, response text) under ``model``, encoded with
     its own tokenizer and chat template; returns the scores and the tokens forwarded. ``finished[i]`` False: the
     response was cut at the generation limit, so its score leaves out the end-of-turn token."""
-    from harness.batch import pad_sequences
     from harness.data import prompt_ids, response_ids
 
     device = next(model.parameters()).device
@@ -231,52 +211,6 @@ def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt
         total, count = sequence_logps(logits[:, :-1].float(), seqs)
         scores += (total / count.clamp(min=1)).tolist()
     return scores, tokens
-
-
-@torch.no_grad()
-def compute_advantage(student, dpo, ref, rows: list[Encoded], k: int, vocab_limit: int, pad_id: int, eos_id: int,
-                      max_new_tokens: int, max_seq_len: int, desc: str, *, backend=None) -> tuple[dict, dict]:
-    """ADPA's inputs: the student's greedy answers (as the official code, temperature 0), and at every answer
-    position the DPO teacher's top-k (over ids < vocab_limit) with its log-probs, the reference model's exact
-    log-probs of those k tokens, and whether each is also in the reference's own top-k (the official code only
-    knew the reference's top-k and imputed the rest; ``clamped_official`` mode needs the flag to do the same).
-    ``backend``: a GenerationBackend to generate the answers with instead of HF on ``student``."""
-    from harness.generation import generate_ids
-
-    device = next(dpo.parameters()).device  # the student may be generating in another engine
-    prompts = [r.prompt_ids for r in rows]
-    outs = generate_ids(backend or student, prompts, max_new_tokens, pad_id=pad_id, eos_id=eos_id,
-                        desc=f"{desc}: greedy answers")
-    responses = [o[: max_seq_len - len(p)] or [eos_id] for o, p in zip(outs, prompts)]
-    fields = {"topk_ids": [], "dpo_logps": [], "ref_logps": [], "ref_in_topk": []}
-    forwarded = 0
-    for start in tqdm(range(0, len(rows), SIGNAL_BATCH), desc=f"{desc}: teacher log-probs", unit="batch", leave=False):
-        chunk = slice(start, start + SIGNAL_BATCH)
-        seqs = pad_sequences(prompts[chunk], responses[chunk], pad_id).to(device)
-        mask = seqs.labels[:, 1:] != IGNORE
-        logps = []
-        for model in (dpo, ref):
-            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
-            logps.append(torch.log_softmax(logits[:, :-1].float(), dim=-1))
-        forwarded += seqs.n_tokens
-        for b in range(seqs.input_ids.shape[0]):
-            d, r = (lp[b][mask[b]][:, :vocab_limit] for lp in logps)
-            top_v, top_i = d.topk(min(k, vocab_limit), dim=-1)
-            ref_top = r.topk(min(k, vocab_limit), dim=-1).indices
-            fields["topk_ids"].append(top_i.to(torch.int32).cpu())
-            fields["dpo_logps"].append(top_v.cpu())
-            fields["ref_logps"].append(r.gather(-1, top_i).cpu())
-            fields["ref_in_topk"].append((top_i.unsqueeze(-1) == ref_top.unsqueeze(-2)).any(-1).to(torch.uint8).cpu())
-    data = {**pack(responses), **{name: torch.cat(parts) for name, parts in fields.items()}}
-    return data, {"generated_tokens": sum(len(o) for o in outs), "forward_tokens_per_model": forwarded}
-
-
-def save_signal(data: dict, folder: Path) -> None:
-    save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "signal.safetensors"))
-
-
-def load_signal(folder: Path) -> dict:
-    return load_file(str(folder / "signal.safetensors"))
 
 
 def load_topk(folder: Path) -> TopkReader:
@@ -315,32 +249,101 @@ def collate_topk(data: dict | TopkReader, index: list[int], seqs: Sequences) -> 
     return out
 
 
-def collate_advantage(data: dict, index: list[int], batch_chosen: Sequences, pad_id: int) -> dict:
-    seqs = with_responses(batch_chosen, [unpack(data, i) for i in index], pad_id)
-    out = place_rows(data, ("topk_ids", "dpo_logps", "ref_logps", "ref_in_topk"), index, seqs)
-    return {"seqs": seqs, "ids": out["topk_ids"].long(), "dpo_logps": out["dpo_logps"],
-            "ref_logps": out["ref_logps"], "ref_in_topk": out["ref_in_topk"].bool()}
 
 
-def collate_signals(signals: dict[str, dict], batch, pad_id: int) -> dict:
-    out = {}
-    for name, data in signals.items():
-        spec = parse_signal(name)
-        if spec.kind == "topk":
-            out[name] = collate_topk(data, batch.index, getattr(batch, spec.side))
-        elif spec.kind == "samples":
-            out[name] = with_responses(batch.chosen, [unpack(data, i) for i in batch.index], pad_id)
-        elif spec.kind == "advantage":
-            out[name] = collate_advantage(data, batch.index, batch.chosen, pad_id)
-        elif spec.kind == "scored_samples":
-            n = data["scores"].shape[1]
-            prompts = prompts_of(batch.chosen)
-            responses = [unpack(data, i * n + j) for i in batch.index for j in range(n)]
-            out[name] = {"seqs": pad_sequences([p for p in prompts for _ in range(n)], responses, pad_id),
-                         "teacher_scores": data["scores"][batch.index]}
-            for field in ("mcq", "distinct"):  # present when the method asked for them (PAD's options)
-                if field in data:
-                    out[name][field] = data[field][batch.index]
-        else:
-            out[name] = data["logps"][batch.index]
-    return out
+@register_signal("teacher_topk")
+class TeacherTopk(Signal):
+    description = "The teacher's top-k log-probs and rest mass at every position of the chosen or rejected response."
+    arguments = ("chosen", "rejected")
+    counts_as = "teacher"
+
+    def key_parts(self, run, method):
+        return {"producer": run.pair.teacher.identity(), "k": run.budget.teacher_top_k, "store": TOPK_STORE_VERSION,
+                "value_dtype": run.budget.teacher_topk_dtype}
+
+    def compute(self, run, split, method, out):
+        # Streamed into a memory-mapped store inside the build folder, read back lazily.
+        model = run.teacher()
+        reader, tokens = compute_topk(model, run.rows(split), self.argument, run.budget.teacher_top_k,
+                                      run.tokenizer.pad_token_id, len(run.tokenizer), self.desc(split), out=out,
+                                      value_dtype=run.budget.teacher_topk_dtype)
+        params = count_parameters(model)["matmul"]
+        return {"kind": "topk", "forward_tokens": tokens, "model_params": params, "flops": 2 * params * tokens,
+                "generated_tokens": 0, "bytes_per_position": reader.bytes_per_position()}
+
+    def load(self, folder):
+        return load_topk(folder)
+
+    def collate(self, data, batch, pad_id):
+        return collate_topk(data, batch.index, getattr(batch, self.argument))
+
+
+@register_signal("reference_logps")
+class ReferenceLogps(Signal):
+    description = "The starting student's summed log-probs of the chosen and rejected responses."
+    counts_as = "reference"
+
+    def key_parts(self, run, method):
+        return {"producer": run.student_key(method)}
+
+    def compute(self, run, split, method, out):
+        model = run.student_for(method)
+        data, tokens = compute_sequence_logps(model, run.rows(split), run.tokenizer.pad_token_id, self.desc(split))
+        params = count_parameters(model)["matmul"]
+        save_signal(data, out)
+        return {"kind": "sequence_logps", "forward_tokens": tokens, "model_params": params,
+                "flops": 2 * params * tokens, "generated_tokens": 0}
+
+    def collate(self, data, batch, pad_id):
+        return data["logps"][batch.index]
+
+
+class _Samples(Signal):
+    from_teacher = False
+
+    def key_parts(self, run, method):
+        producer = run.pair.teacher.identity() if self.from_teacher else run.student_key(method)
+        # Generated by a fixed model from its folder, by vLLM where chosen: its text differs from HF's (the key
+        # gains nothing on HF).
+        return {"producer": producer, "gen": run.budget.gen_max_new_tokens, "seed": run.budget.seed,
+                **backend_key(choose_engine(has_model_path=True))}
+
+    def compute(self, run, split, method, out):
+        # Teacher answers are greedy (SeqKD); the student's are sampled at temperature 1, seeded.
+        loader = run.teacher if self.from_teacher else (lambda: run.student_for(method))
+        folder = run.model_folder(method, self.from_teacher)
+        backend = select_backend(model=loader, model_path=folder)
+        b = run.budget
+        data, tokens = compute_samples(
+            None, run.teacher_tokenizer if self.from_teacher else run.tokenizer, run.tokenizer, run.examples(split),
+            run.rows(split), b.max_prompt_len, b.gen_max_new_tokens, b.max_seq_len, self.desc(split),
+            do_sample=not self.from_teacher, seed=b.seed, backend=backend)
+        del backend
+        params = folder_parameters(folder)
+        save_signal(data, out)
+        return {"kind": "samples", "forward_tokens": tokens, "model_params": params, "flops": 2 * params * tokens,
+                "generated_tokens": tokens}
+
+    def collate(self, data, batch, pad_id):
+        return with_responses(batch.chosen, [unpack(data, i) for i in batch.index], pad_id)
+
+
+@register_signal("teacher_samples")
+class TeacherSamples(_Samples):
+    description = "The teacher's greedy answer to each prompt."
+    counts_as = "teacher"
+    from_teacher = True
+
+
+@register_signal("student_samples")
+class StudentSamples(_Samples):
+    description = "One answer per prompt sampled from the starting student (temperature 1, seeded)."
+
+
+@register_signal("teacher_model")
+class TeacherModel(Signal):
+    description = "The live teacher, handed to the method as method.runtime.teacher (nothing is cached)."
+    cached = False
+
+    def stage_key(self, run, split, method):
+        return teacher_key(run.pair.teacher.identity())

@@ -12,6 +12,17 @@ from pathlib import Path
 
 from harness.errors import BenchError
 
+
+def standard_error(values) -> float | None:
+    """Standard error of the mean, sample standard deviation / sqrt(n); None below two values."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
 # Per-row values; token-level metrics become per-row token means (so rows weigh equally here).
 ROW_METRICS = {
     "pref_acc": lambda e: float(e["chosen_logp"] / e["chosen_tokens"] > e["rejected_logp"] / e["rejected_tokens"]),
@@ -40,7 +51,8 @@ def paired_difference(run_dir: Path, a: str, b: str, metric: str) -> dict:
     diffs = [f(x) - f(y) for x, y in zip(rows_a, rows_b)]
     n = len(diffs)
     mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
+    se = standard_error(diffs)
+    se = float("nan") if se is None else se
     return {"metric": metric, "a": a, "b": b, "mean_difference": mean, "se": se, "n": n}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from harness.errors import BenchError
 from harness.losses import forward, response_mask, sequence_logps, smoothed_sigmoid_loss, token_logps
-from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
 
@@ -43,8 +43,7 @@ class DPKDConfig(MethodConfig):
             raise BenchError(f"dpkd: variant must be 'sequence' or 'token_argmax', got {self.variant!r}.")
         if self.beta <= 0:
             raise BenchError(f"dpkd: beta must be positive, got {self.beta}.")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise BenchError(f"dpkd: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+        check_label_smoothing("dpkd", self.label_smoothing)
         if not 0.0 <= self.kd_ratio <= 1.0:
             raise BenchError(f"dpkd: kd_ratio must be in [0, 1], got {self.kd_ratio}.")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
-from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
 
@@ -26,8 +26,7 @@ class DPOConfig(MethodConfig):
     def __post_init__(self):
         if self.beta <= 0:
             raise BenchError(f"dpo: beta must be positive, got {self.beta}.")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise BenchError(f"dpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+        check_label_smoothing("dpo", self.label_smoothing)
 
 
 RECIPES = {

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
-from harness.method import LossOutput, Method, MethodConfig, Term
+from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
 
@@ -31,8 +31,7 @@ class SimPOConfig(MethodConfig):
             raise BenchError(f"simpo: beta must be positive, got {self.beta}.")
         if self.gamma_beta_ratio < 0:
             raise BenchError(f"simpo: gamma_beta_ratio cannot be negative, got {self.gamma_beta_ratio}.")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise BenchError(f"simpo: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+        check_label_smoothing("simpo", self.label_smoothing)
 
 
 SIMPO = "princeton-nlp/SimPO@1b3e8f3"

@@ -174,7 +174,7 @@ class Bench:
 
     def prepare(self, method) -> dict:
         """The method's cached signals (computed now, untimed) and its runtime, as the pipeline sets them up."""
-        signals = {s: self.run.signal(s, "train", method)[0] for s in method.needs if parse_signal(s).kind != "live"}
+        signals = {s: self.run.signal(s, "train", method)[0] for s in method.needs if parse_signal(s).cached}
         teacher = self.run.teacher() if "teacher_model" in method.needs else None
         b, rows = self.budget, self.run.train_rows
         method.runtime = Runtime(self.tok.pad_token_id, self.tok.eos_token_id, b.gen_max_new_tokens, b.max_seq_len,

@@ -268,6 +268,7 @@ def launched(tmp_path_factory, shared_dir) -> dict:
     return {name: (jobs[name][0], futures[name].result(), jobs[name][3]) for name in jobs}
 
 
+@pytest.mark.slow  # launches a bench process per case
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case, launched):
     ws, proc, needles = launched[case]

@@ -175,7 +175,7 @@ def test_bench_eval_needs_a_finished_run(tmp_path, shared_dir):
 def test_leaderboard_regenerates_every_page_and_screenshots_the_reports(tmp_path):
     import os
 
-    from harness.report import browser_missing
+    from harness.browser import browser_missing
     from tests.fixtures.results_tree import build_results
 
     if browser_missing():

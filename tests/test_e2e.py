@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from harness.cli import main
 from tests.harness.benchmarks.test_download import server  # noqa: F401 (a fixture: a loopback mirror of upstream)
@@ -178,16 +179,17 @@ def test_failed_invocation_loses_nothing(workspace):
     assert before == {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
 
 
-def plugin_env(tmp_path: Path, module: str, entry: str) -> dict:
+def plugin_env(tmp_path: Path, module: str, entry: str, signal: str | None = None) -> dict:
     """The environment of a subprocess that sees tests/fixtures/<module>.py installed as an outside package whose
-    `bench.methods` entry point `entry` names it."""
+    `bench.methods` entry point `entry` names it (and its `bench.signals` entry point `signal`, if given)."""
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     shutil.copy(Path(__file__).parent / "fixtures" / f"{module}.py", plugin / f"{module}.py")
     info = plugin / f"{module}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[bench.methods]\n{entry} = {module}\n")
+    signals = f"\n[bench.signals]\n{signal} = {module}\n" if signal else ""
+    (info / "entry_points.txt").write_text(f"[bench.methods]\n{entry} = {module}\n{signals}")
     return {**os.environ, "PYTHONPATH": str(plugin)}
 
 
@@ -208,6 +210,32 @@ def test_outside_method_registered_through_entry_point(workspace, tmp_path):
     curve = list(csv.DictReader((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_nll/loss_curve.csv")
                                 .read_text().splitlines()))
     assert "term/nll_rejected" in curve[0]
+
+
+def test_outside_signal_and_method_registered_through_entry_points(workspace, tmp_path):
+    """A package outside bench defines a signal and a method that needs it: one file, two entry points."""
+    env = plugin_env(tmp_path, "outside_signal", "outside_margin_nll", signal="outside_margin")
+    args = list(workspace["args"])
+    args[args.index("--methods") + 1] = "outside_margin_nll"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "signal outside_margin (train)" in done.stderr  # computed once, into the stage cache
+    rec = json.loads((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_margin_nll/record.json")
+                     .read_text())
+    compute = rec["compute"]
+    assert rec["needs"] == ["outside_margin"] and compute["signals_shared"] == ["outside_margin"]
+    stage = workspace["root"] / "cache" / "signals" / compute["signal_stages"]["outside_margin"]["stage_key"]
+    info = json.loads((stage / "info.json").read_text())
+    assert info["name"] == "outside_margin" and info["examples"] == rec["data"]["train_rows"]
+    assert compute["teacher_forward_tokens"] == info["forward_tokens"] > 0  # counted as the teacher's work
+    # The collated margins reached the loss: the step means it logged are the stored margins' own values.
+    margins = load_file(str(stage / "signal.safetensors"))["margin"]
+    curve = list(csv.DictReader((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_margin_nll/"
+                                 "loss_curve.csv").read_text().splitlines()))
+    logged = [float(row["term/teacher_margin_mean"]) for row in curve]
+    assert all(margins.min() - 1e-4 <= v <= margins.max() + 1e-4 for v in logged) and any(v != 0 for v in logged)
+    assert float(curve[0]["term/weighted_nll"]) > 0
 
 
 def test_a_nan_loss_stops_that_method_and_the_others_finish(workspace, tmp_path):

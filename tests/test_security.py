@@ -176,6 +176,7 @@ def remote_code_loads(tmp_path_factory):
         return {case: outcome for batch in done for case, outcome in batch}
 
 
+@pytest.mark.slow  # loads models in subprocesses
 @pytest.mark.parametrize("kind", ["causal_lm", "reward_model"])
 def test_a_folders_own_code_never_runs_without_the_flag(remote_code_loads, kind):
     custom = remote_code_loads[(kind, "custom", "no-flag")]
@@ -192,6 +193,7 @@ def test_a_folders_own_code_never_runs_without_the_flag(remote_code_loads, kind)
                                   "reward_model": "LlamaForSequenceClassification"}[kind], known
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["causal_lm", "reward_model"])
 def test_the_flag_does_run_the_folders_code(remote_code_loads, kind):
     # The positive control: with the flag the marker appears, so the tests above would see code that ran.
@@ -205,6 +207,7 @@ def test_the_flag_does_run_the_folders_code(remote_code_loads, kind):
         # this control is for.)
 
 
+@pytest.mark.slow
 def test_bench_eval_rm_winrate_keeps_remote_code_off_by_default(tmp_path, shared_dir):
     """The CLI path: `bench eval --benchmarks rm_winrate --reward-model <folder>` without --trust-remote-code."""
     from tests.fixtures.results_tree import build_results

@@ -14,13 +14,13 @@ Pure functions: no network, no model. The protocol is ``shared/reference/benchma
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path
 
 from harness.benchmarks import find_file, read_jsonl
 from harness.errors import BenchError
 from harness.judges import fold_system  # noqa: F401  (judges without a system role)
+from harness.stats import standard_error
 
 SUBDIR = "benchmarks/mt_bench"  # where the files sit under a shared data folder (e.g. ../shared)
 N_QUESTIONS = 80
@@ -158,9 +158,7 @@ def aggregate(judgments: list[dict]) -> dict:
     scores = [float(j["score"]) for j in valid]
     n = len(scores)
     mean = _mean(scores)
-    se = None
-    if n >= 2:
-        se = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1) / n)
+    se = standard_error(scores)
     by_turn = {t: [float(j["score"]) for j in valid if j["turn"] == t] for t in (1, 2)}
     categories: dict[str, list[float]] = {}
     for j in valid:

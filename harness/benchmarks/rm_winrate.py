@@ -11,7 +11,6 @@ Scoring goes through a ``Scorer`` so tests and users can inject their own; ``Rew
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from harness.cache import file_fingerprint
 from harness.errors import BenchError
+from harness.stats import standard_error
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def win_rates(rewards: list[float], ref_rewards: list[float], seed: int = 0, n_b
         "n_ties": int((r == ref).sum()),
         "n_losses": int((r < ref).sum()),
         "win_rate": 100.0 * float(w.mean()),
-        "win_rate_se": _se(w),
+        "win_rate_se": _percent(standard_error(w)),
         "soft_win_rate": 100.0 * float(soft.mean()),
-        "soft_win_rate_se": _se(soft),
+        "soft_win_rate_se": _percent(standard_error(soft)),
         "mean_reward": float(r.mean()),
         "mean_reward_ref": float(ref.mean()),
         "win_rate_ci95": None,
@@ -80,10 +80,8 @@ def win_rates(rewards: list[float], ref_rewards: list[float], seed: int = 0, n_b
     return out
 
 
-def _se(values: np.ndarray) -> float | None:
-    if len(values) < 2:
-        return None
-    return 100.0 * float(values.std(ddof=1)) / math.sqrt(len(values))
+def _percent(se: float | None) -> float | None:
+    return None if se is None else 100.0 * se
 
 
 def score_against_reference(prompts: list[list[dict]], candidates: list[str], references: list[str],

@@ -28,6 +28,7 @@ def options(tmp_path, shared_dir, method: str) -> RunOptions:
                       results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", data_dir=shared_dir)
 
 
+@pytest.mark.slow  # two training processes
 @pytest.mark.parametrize("method", ["dpo"])  # pairs normalised over both processes; sft adds little
 def test_two_processes_match_one_process_at_twice_the_accumulation(tmp_path, shared_dir, method):
     opts = options(tmp_path, shared_dir, method)
@@ -74,7 +75,7 @@ def test_options_travel_to_the_workers_intact(tmp_path, shared_dir):
 def test_launcher_commands():
     cpu = Launcher(processes=2).command(__import__("pathlib").Path("/x/spec.json"))
     assert cpu[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in cpu and cpu[-3:] == [
-        "-m", "harness.distributed", "/x/spec.json"]
+        "-m", "harness.worker", "/x/spec.json"]
     gpu = Launcher(processes=8, preset="fsdp").command(__import__("pathlib").Path("/x/spec.json"))
     assert "accelerate.commands.launch" in gpu and gpu[gpu.index("--num_processes") + 1] == "8"
     assert gpu[gpu.index("--config_file") + 1].endswith("accelerate_configs/fsdp.yaml")

@@ -56,7 +56,8 @@ def test_judge_concurrency_reaches_the_client_and_is_validated(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "names"), [
-    ("mt_bench, alpaca_eval,mt_bench", ["mt_bench", "alpaca_eval"]),
+    ("mt_bench, alpaca_eval,mt_bench,alpaca_eval_2", ["mt_bench", "alpaca_eval_2"]),
+    ("arena_hard", ["arena_hard_v0.1"]),
     ("lm_eval:gsm8k,lm_eval:ifeval", ["lm_eval:gsm8k", "lm_eval:ifeval"]),
 ])
 def test_benchmark_lists_are_parsed_once_each(text, names):

@@ -64,16 +64,17 @@ EXPECTED_MD_RUN = [
     "Reproduce: `bench run --methods kd,sft --pair toy-pair --budget tiny --seed 0 --data-dir ../shared`",
     "",
     "| model | pref. acc. ↑ (n=8) | margin (nats/tok) ↑ (n=8) | NLL chosen ↓ (n=8) | KL to teacher ↓ (n=8) "
-    "| ROUGE-L ↑ (n=2) | steps | student tokens | teacher tokens | generated tokens | train s | TFLOP (est.) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    "| *teacher* | 0.750 ± 0.100 | 0.500 ± 0.050 | 1.200 ± 0.100 | – | 20.000 ± 2.000 | – | – | – | – | – | – |",
+    "| ROUGE-L ↑ (n=2) | steps | student tokens | teacher tokens | reference tokens | generated tokens | train s "
+    "| TFLOP (est.) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| *teacher* | 0.750 ± 0.100 | 0.500 ± 0.050 | 1.200 ± 0.100 | – | 20.000 ± 2.000 | – | – | – | – | – | – | – |",
     "| *student-init* | 0.500 ± 0.125 | 0.100 ± 0.050 | 2.000 ± 0.100 | 0.300 ± 0.020 | 10.000 ± 1.000 "
-    "| – | – | – | – | – | – |",
+    "| – | – | – | – | – | – | – |",
     # kd and sft tie on accuracy: with every trained method tied, none is marked
     "| kd | 0.625 ± 0.125 | **0.300 ± 0.050** | 1.600 ± 0.100 | **0.200 ± 0.020** | 11.000 ± 1.500 "
-    "| 2 | 1,234 | 5,678 | 0 | 21 | 7.3 |",
+    "| 2 | 1,234 | 5,678 | 0 | 0 | 21 | 7.3 |",
     "| sft | 0.625 ± 0.125 | 0.200 ± 0.050 | **1.500 ± 0.100** | 0.250 ± 0.020 | **12.500 ± 1.500** "
-    "| 2 | 1,234 | 0 | 0 | 12 | 3.5 |",
+    "| 2 | 1,234 | 0 | 0 | 0 | 12 | 3.5 |",
     "",
 ]
 
@@ -159,7 +160,7 @@ def test_one_board_per_pair_and_one_section_per_run(tmp_path):
     assert md.index("## Run `r0` (budget `smoke`, seed 1)") < md.index("## Run `r1` (budget `tiny`, seed 0)")
     assert "dpo" not in md
     # r0 has one method and one metric: it is bold there, and columns without values show a dash and n=–
-    assert "| sft | **0.500 ± 0.100** | – | – | – | – | 3 | 10 | 0 | 0 | 1 | 1.0 |" in md
+    assert "| sft | **0.500 ± 0.100** | – | – | – | – | 3 | 10 | 0 | 0 | 0 | 1 | 1.0 |" in md
     assert "margin (nats/tok) ↑ (n=–)" in md
 
 
@@ -430,6 +431,7 @@ def test_files_of_records_that_are_gone_are_removed(tmp_path):
     lb = tmp_path / "lb"
     regenerate(results, lb)
     assert (lb / "plots" / "toy-a" / "tiny-seed1").is_dir() and (lb / "toy-a_benchmarks.csv").exists()
+    assert list((lb / "plots" / "toy-a" / "tiny-seed0").glob("benchmark_*.png"))
     shutil.rmtree(results / "toy-a" / "tiny-seed1")  # a run removed from the results
     for bench in (results / "toy-a" / "tiny-seed0").glob("*/benchmarks"):  # and every benchmark score
         shutil.rmtree(bench)
@@ -437,5 +439,7 @@ def test_files_of_records_that_are_gone_are_removed(tmp_path):
     regenerate(results, lb)
     assert not list((lb / "plots" / "toy-a" / "tiny-seed1").glob("*.png"))
     assert (lb / "plots" / "toy-a" / "tiny-seed1" / "notes.txt").exists()  # only the files it writes are removed
-    assert (lb / "plots" / "toy-a" / "tiny-seed0").is_dir()
+    assert (lb / "plots" / "toy-a" / "tiny-seed0" / "loss_curves.png").is_file()
+    # a kept run's plots of benchmark scores that are gone go too
+    assert not list((lb / "plots" / "toy-a" / "tiny-seed0").glob("benchmark_*"))
     assert not (lb / "toy-a_benchmarks.csv").exists()

@@ -1,9 +1,9 @@
-"""Pipeline helpers that need no model."""
+"""PAD signal helpers that need no model."""
 
 from __future__ import annotations
 
 from harness.data import PreferenceExample
-from harness.pipeline import instruction_text
+from methods.pad.signal import instruction_text
 
 
 def test_instruction_text_is_the_users_text_for_one_turn():

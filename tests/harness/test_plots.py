@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.leaderboard import load_records
-from harness.plots import error_bar, pareto_front, render_plots, safe_name
+from harness.plot_kit import error_bar, pareto_front, safe_name
+from harness.plots import render_plots
+from harness.results import load_records
 
 LOCAL_JUDGE = {"kind": "transformers", "model": {"source": "pkg:llm/judge.gguf"}}
 GPT4_JUDGE = {"kind": "openai", "model": "gpt-4", "base_url": "https://api.openai.com/v1"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BenchError
-from harness.registry import BUDGETS, METHODS, PAIRS, Registry
+from harness.registry import BUDGETS, METHODS, PAIRS, SIGNALS, Registry
 
 GROUP = "bench.test_plugins"
 
@@ -182,3 +182,27 @@ def test_global_registries_hold_the_builtins():
     assert "smollm2-135m" in PAIRS
     with pytest.raises(BenchError, match="Did you mean 'dckd'"):
         METHODS.get("dckdd")
+
+
+def test_global_signal_registry_holds_the_builtins_and_the_methods_own():
+    from harness.signal_api import parse_signal
+
+    assert {"teacher_topk", "reference_logps", "teacher_samples", "student_samples", "teacher_model",
+            "adpa_advantage", "scored_samples"} <= set(SIGNALS.names())
+    assert SIGNALS.get("adpa_advantage").__module__ == "methods.adpa.signal"
+    assert SIGNALS.get("scored_samples").__module__ == "methods.pad.signal"
+    topk = parse_signal("teacher_topk:rejected")
+    assert (topk.name, topk.argument, topk.counts_as, topk.cached) == ("teacher_topk:rejected", "rejected", "teacher",
+                                                                        True)
+    assert not parse_signal("teacher_model").cached
+    for bad in ("teacher_topk", "teacher_topk:prompt", "reference_logps:chosen", "nope"):
+        with pytest.raises(BenchError, match="Unknown signal"):
+            parse_signal(bad)
+
+
+def test_every_method_needs_registered_signals():
+    from harness.signal_api import parse_signal
+
+    for _, cls in METHODS.items():
+        for signal in cls.needs:
+            parse_signal(signal)  # raises for a name no signal answers to

@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import report
+from harness import browser, report, viewer
+from harness.browser import screenshot
 from harness.errors import BenchError
-from harness.leaderboard import load_records
-from harness.report import render_index, render_report, screenshot
+from harness.report import render_index, render_report
+from harness.results import load_records
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIR, RUN = "toy-pair", "r1"
@@ -278,7 +279,7 @@ def test_other_pairs_are_left_out_and_bad_names_refused(tmp_path):
 def test_long_texts_are_cut_visibly(built, monkeypatch):
     path, records, plots = built
     assert 'id="cap-note"' not in path.read_text()
-    monkeypatch.setattr(report, "MAX_TEXT_CHARS", 30)
+    monkeypatch.setattr(viewer, "MAX_TEXT_CHARS", 30)
     text = render_report(PAIR, records, plots, path.parent).read_text()
     assert 'id="cap-note"' in text and "longer than 30 characters are cut" in text
     planted = next(q for b in answers_data(text)["runs"][RUN]["benchmarks"] for q in b["questions"]
@@ -369,7 +370,7 @@ def test_inline_code_is_ascii():
 
 @pytest.fixture()
 def browser_ready():
-    why = report.browser_missing()
+    why = browser.browser_missing()
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"The browser test needs headless Chromium: {why}. CI installs it.")
@@ -389,7 +390,7 @@ def test_in_headless_chromium(built, browser_ready, tmp_path):
     path, _, _ = built
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with report.chromium() as driver:
+    with browser.chromium() as driver:
         args = driver.capabilities.get("goog:chromeOptions", {})
         assert driver.capabilities["browserName"] in ("chrome", "chromium"), args
         driver.get(path.resolve().as_uri())

@@ -14,9 +14,9 @@ import torch
 
 from harness.batch import Batch, collate, pad_sequences
 from harness.data import Encoded
-from harness.mcq import MCQ_EPS, MCQ_TOP, letter_prob, mcq_scores, most_different, teacher_mcq
-from harness.mcq import OWN_TEMPLATE as MCQ_TEMPLATE
 from harness.signals import collate_signals, pack
+from methods.pad.mcq import MCQ_EPS, MCQ_TOP, letter_prob, mcq_scores, most_different, teacher_mcq
+from methods.pad.mcq import OWN_TEMPLATE as MCQ_TEMPLATE
 
 
 def test_constants_are_the_official_rule():
@@ -322,7 +322,7 @@ def test_counts_report_the_kept_examples_of_a_filtered_signal():
 def test_the_released_template_is_read_from_the_data_folder_and_filled_as_the_code_does(tmp_path, smollm2_tokenizer):
     import json
 
-    from harness.mcq import McqTemplate, load_template, query_ids
+    from methods.pad.mcq import McqTemplate, load_template, query_ids
 
     assert load_template(tmp_path, tmp_path).name == "ours"  # no copy in the data folder: our wording, said so
     folder = tmp_path / "reference" / "pad"

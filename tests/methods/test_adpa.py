@@ -14,9 +14,10 @@ from harness.batch import prompts_of
 from harness.cache import stable_hash
 from harness.data import Encoded
 from harness.errors import BenchError
-from harness.signals import collate_signals, compute_advantage, pack
+from harness.signals import collate_signals, pack
 from methods.adpa import ADPA, RECIPES, ADPAPlus, official_advantage, signed_advantage
 from methods.adpa import ADPAConfig as _ADPAConfig
+from methods.adpa.signal import compute_advantage
 from tests.methods.helpers import (
     LLAMA_EOS,
     LLAMA_ROWS,

@@ -1,5 +1,6 @@
 """PAD (Gu et al. 2025, ACL Findings, arXiv 2502.14272): preference distillation over the distribution of all
-rankings of several student samples, matching the student's Plackett-Luce distribution to the teacher's."""
+rankings of several student samples, matching the student's Plackett-Luce distribution to the teacher's. The
+signal (the student's samples, scored by the teacher) is in methods/pad/signal.py, the MCQ score in mcq.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from harness.losses import forward, sequence_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
+from methods.pad.signal import ScoredSamples  # noqa: F401  (registers the method's signal)
 
 
 @dataclass
@@ -38,7 +40,7 @@ class PADConfig(MethodConfig):
     alpha: the teacher's reward is alpha * (its length-normalised log-likelihood) + (1 - alpha) * (its
         multiple-choice preference score), as the official code's r_T; the released config's 0 uses the MCQ score
         alone, 1 is the paper's intrinsic likelihood reward. The MCQ score shows the teacher each pair of samples
-        as options A and B in fixed order, in the released prompt (harness/mcq.py says where it is read from),
+        as options A and B in fixed order, in the released prompt (methods/pad/mcq.py says where it is read from),
         and reads P(A), P(B) from its top-20 next tokens; s_mcq(i) = log((1e-8 + sum_j P(i over j)) / (n - 1)).
         With loss "rd" the teacher's ranking is by the MCQ score alone whatever alpha, as in the code.
     diverse_from: when above the budget's n = samples_per_prompt, draw this many samples and keep the n most

@@ -5,7 +5,8 @@ advantage of its next-token distribution, the advantage being the aligned teache
     L_ADPA    = - sum_t sum_a pi_theta(a | s_t) * A(s_t, a)
 
 over the DPO teacher's top-k tokens a at every position t of the starting student's greedy answer. ADPA+ is
-the same loss started from the DCKD student (a stage dependency: the run's own DCKD, trained once).
+the same loss started from the DCKD student (a stage dependency: the run's own DCKD, trained once). The signal
+(the student's answers with both teachers' log-probs) is in methods/adpa/signal.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from harness.losses import bucket_logps, forward, response_mask, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
+from methods.adpa.signal import AdpaAdvantage  # noqa: F401  (registers the method's signal)
 
 FLOOR = 1e-7  # the official code's probability floor before logs
 CLAMP = 1e-8  # the official code's advantage clamp [1e-8, 1 - 1e-8] (prob_stabilize)
