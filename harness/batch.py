@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from harness.data import Encoded
+from harness.lazy import torch
 
 IGNORE = -100
 

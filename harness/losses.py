@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
 from harness.batch import IGNORE, Sequences
+from harness.lazy import F, torch
 
 
 def forward(model, seqs: Sequences) -> torch.Tensor:

@@ -15,10 +15,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
 from harness.batch import Batch
 from harness.errors import BenchError
+from harness.lazy import torch
 
 
 @dataclass

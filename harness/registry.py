@@ -87,8 +87,10 @@ class Registry(Generic[T]):
 
 
 METHODS: Registry = Registry("method", "bench.methods", ("methods",))
-# Built-in signals live in harness/signals.py and, for one method's own signal, in that method's package.
-SIGNALS: Registry = Registry("signal", "bench.signals", ("harness.signals", "methods"))
+# Built-in signals live in harness/signals.py and, for one method's own signal, in that method's package; they are
+# imported when a signal is first looked up, so listing methods (`bench methods`) loads no model library.
+SIGNALS: Registry = Registry("signal", "bench.signals", ("harness.signals", "methods.adpa.signal",
+                                                         "methods.pad.signal"))
 PAIRS: Registry = Registry("pair", "bench.pairs", ("harness.pairs",))
 BUDGETS: Registry = Registry("budget", "bench.budgets", ("harness.budgets",))
 # harness.benchmark.register_benchmark fills it (one entry per id and old name)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
+from harness.lazy import torch
 from harness.losses import bucket_forward_kl, bucket_logps, forward, response_mask, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe

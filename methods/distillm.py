@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import torch
-
 from harness.batch import pad_sequences, prompts_of
 from harness.errors import BenchError
+from harness.lazy import no_grad
 from harness.losses import forward, response_mask, skewed_kl, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
@@ -81,7 +80,7 @@ class AdaptiveState:
     draws: dict = field(default_factory=lambda: {"data": 0, "generated": 0, "replayed": 0})
 
 
-@torch.no_grad()
+@no_grad
 def validation_nll(model, rows, pad_id: int, batch_size: int = 8) -> tuple[float, int]:
     """Token-mean NLL of the rows' chosen responses under ``model``; returns it and the tokens forwarded."""
     was_training = model.training

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
+from harness.lazy import torch
 from harness.losses import forward, response_mask, sequence_logps, smoothed_sigmoid_loss, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe

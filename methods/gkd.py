@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
-from harness.generation import resample
+from harness.lazy import torch
 from harness.losses import forward, generalized_jsd, response_mask
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
@@ -42,6 +40,8 @@ class GKDConfig(MethodConfig):
 
 def on_policy(method: Method, model, batch, rng, temperature: float):
     """Replace the chosen side with the current student's samples; accounts the generated tokens."""
+    from harness.generation import resample  # transformers' generation: imported when a method samples
+
     batch.chosen, generated = resample(model, batch.chosen, method.runtime, temperature=temperature,
                                        seed=rng.randrange(2**31))
     method.usage["generated_tokens"] += generated

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
+from harness.lazy import torch
 from harness.losses import forward, log_sigmoid, sequence_logps, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe

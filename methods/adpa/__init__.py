@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
+from harness.lazy import torch
 from harness.losses import bucket_logps, forward, response_mask, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
-from methods.adpa.signal import AdpaAdvantage  # noqa: F401  (registers the method's signal)
 
 FLOOR = 1e-7  # the official code's probability floor before logs
 CLAMP = 1e-8  # the official code's advantage clamp [1e-8, 1 - 1e-8] (prob_stabilize)

@@ -8,14 +8,12 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import torch
-
 from harness.errors import BenchError
+from harness.lazy import torch
 from harness.losses import forward, sequence_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
-from methods.pad.signal import ScoredSamples  # noqa: F401  (registers the method's signal)
 
 
 @dataclass

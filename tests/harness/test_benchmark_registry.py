@@ -63,6 +63,22 @@ def plugin_env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(ROOT)])}
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_bench_methods_imports_no_model_library():
+    code = """
+import sys
+from harness.cli import main
+try:
+    main(["methods"], standalone_mode=False)
+finally:
+    print(sorted(m for m in ("torch", "transformers", "accelerate", "safetensors") if m in sys.modules))
+"""
+    done = _run([], code=code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recipe official (default) [--methods adpa]" in done.stdout  # it did list the methods
+    assert done.stdout.strip().endswith("[]"), done.stdout[-2000:]
+
+
 @pytest.mark.slow  # a bench process
 def test_outside_benchmark_scored_by_bench_eval(tmp_path):
     from tests.fixtures.results_tree import build_results

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-import methods.gkd
+import harness.generation
 from harness.batch import collate, prompts_of
 from harness.budgets import Budget
 from harness.data import Encoded
@@ -274,7 +274,7 @@ def no_generation(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("generated where the data set's responses were due")
 
-    monkeypatch.setattr(methods.gkd, "resample", fail)
+    monkeypatch.setattr(harness.generation, "resample", fail)
 
 
 def test_adaptive_false_leaves_batches_untouched_and_never_validates(monkeypatch):
@@ -337,7 +337,7 @@ def test_threshold_rises_by_a_tenth_when_the_validation_loss_rises_by_loss_eps(m
 
 
 def test_threshold_is_capped_at_one(monkeypatch):
-    monkeypatch.setattr(methods.gkd, "resample", StubResample())
+    monkeypatch.setattr(harness.generation, "resample", StubResample())
     scripted_validation(monkeypatch, [1.0, 2.0, 3.0])
     method = distillm(init_threshold=0.95, total_steps=3, validations=3)
     method.start_training()
@@ -381,7 +381,7 @@ BUFFER = [([9], [8, 7]), ([6, 5], [4])]
 def test_the_draw_picks_generation_replay_or_data_once_the_buffer_is_full(monkeypatch, r, kind):
     # threshold 0.8, sampling threshold 0.8 * (1 - 3 / 10) = 0.56 at step 3 of 10, a full buffer of 2.
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     scripted_validation(monkeypatch, [1.0] * 5)
     method = distillm(capacity=2, total_steps=10)
     method.state = AdaptiveState(threshold=0.8, best=1.0, buffer=list(BUFFER), last_validated=2)
@@ -405,7 +405,7 @@ def test_the_draw_picks_generation_replay_or_data_once_the_buffer_is_full(monkey
 
 
 def test_below_the_threshold_a_buffer_not_yet_full_generates_and_keeps_the_newest(monkeypatch):
-    monkeypatch.setattr(methods.gkd, "resample", StubResample())
+    monkeypatch.setattr(harness.generation, "resample", StubResample())
     scripted_validation(monkeypatch, [1.0])
     method = distillm(init_threshold=1.0, capacity=3, replay_ratio="constant")  # sampling threshold 0.5
     method.step = 1
@@ -419,7 +419,7 @@ def test_below_the_threshold_a_buffer_not_yet_full_generates_and_keeps_the_newes
 def test_a_buffer_smaller_than_the_micro_batch_generates_instead_of_replaying(monkeypatch):
     """capacity 1 < batch 2: a replay draw cannot be served from the buffer, so the student generates."""
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     scripted_validation(monkeypatch, [1.0])
     method = distillm(init_threshold=1.0, capacity=1, replay_ratio="constant")  # sampling threshold 0.5
     method.step = 1
@@ -481,7 +481,7 @@ def test_generation_fills_the_buffer_then_replays_it(tiny_model):
 
 
 def test_start_training_resets_the_state(monkeypatch):
-    monkeypatch.setattr(methods.gkd, "resample", StubResample())
+    monkeypatch.setattr(harness.generation, "resample", StubResample())
     calls = scripted_validation(monkeypatch, [1.0, 5.0, 0.5])
     method = distillm(init_threshold=0.5, total_steps=2, validations=2, replay_ratio="constant")
     method.start_training()

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-import methods.gkd
+import harness.generation
 from harness.batch import collate, prompts_of
 from harness.budgets import Budget
 from harness.errors import BenchError
@@ -115,7 +115,7 @@ def test_gkd_sgd_step_lowers_the_divergence_to_the_teacher(beta):
 
 def test_lmbda_zero_leaves_the_batch_untouched(monkeypatch):
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     method = gkd(lmbda=0.0)
     batch = collated()
     chosen, rejected = batch.chosen, batch.rejected
@@ -131,7 +131,7 @@ def test_lmbda_zero_leaves_the_batch_untouched(monkeypatch):
 @pytest.mark.parametrize("lmbda", [0.25, 0.5, 0.8])
 def test_the_on_policy_draw_follows_rng_random_below_lmbda(monkeypatch, lmbda):
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     method = gkd(lmbda=lmbda, temperature=0.7)
     on = []
     for seed in range(200):
@@ -149,7 +149,7 @@ def test_the_on_policy_draw_follows_rng_random_below_lmbda(monkeypatch, lmbda):
 
 def test_lmbda_one_always_samples(monkeypatch):
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     method = gkd(lmbda=1.0)
     for seed in range(50):
         method.prepare_batch(TokenLM(STUDENT), collated(), random.Random(seed))

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-import methods.gkd
+import harness.generation
 from harness.batch import collate, prompts_of
 from harness.errors import BenchError
 from harness.losses import forward, response_mask
@@ -85,7 +85,7 @@ def test_rkl_sgd_step_lowers_the_reverse_kl_to_the_teacher():
 
 def test_rkl_always_resamples(monkeypatch):
     stub = StubResample()
-    monkeypatch.setattr(methods.gkd, "resample", stub)
+    monkeypatch.setattr(harness.generation, "resample", stub)
     method = rkl(temperature=0.6)
     for seed in range(50):
         batch = method.prepare_batch(TokenLM(STUDENT), collated(), random.Random(seed))
