@@ -95,6 +95,9 @@ def _eval_options(command):
                      help="Answer length (default: the benchmark's: MT-Bench 1024, Arena-Hard 4096, AlpacaEval 2048)."),
         click.option("--judge-max-tokens", type=int, default=None,
                      help="Judge length (default: the benchmark's: MT-Bench 2048, Arena-Hard 4096)."),
+        click.option("--arena-interval", type=click.Choice(["joint", "per-row"]), default="joint", show_default=True,
+                     help="Arena-Hard's 95% interval: joint (all rows and published judgments of the same judge in one "
+                          "bootstrap, as upstream) or per-row (each row's battles alone)."),
         click.option("--mt-bench-reference", default=None, type=click.Path(path_type=Path),
                      help="MT-Bench reference answers (JSONL), e.g. a corrected set; default upstream's gpt-4.jsonl."),
         click.option("--reward-model", default=None,

@@ -54,12 +54,15 @@ class EvalOptions:
     lm_eval_include: Path | None = None  # lm_eval:<task>: extra task YAMLs
     mt_bench_reference: Path | None = None  # MT-Bench reference answers; None: upstream's gpt-4.jsonl
     trust_remote_code: bool = False
+    arena_interval: str = "joint"  # Arena-Hard: "joint" (every row's battles in one bootstrap, as upstream) or "per-row"
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise BenchError(f"--verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}.")
         if self.judge_concurrency < 1:
             raise BenchError(f"--judge-concurrency must be at least 1, not {self.judge_concurrency}.")
+        if self.arena_interval not in ("joint", "per-row"):
+            raise BenchError(f"--arena-interval must be joint or per-row, not {self.arena_interval!r}.")
         if self.limit is not None and self.limit < 1:
             raise BenchError(f"--limit must be a positive number of questions, not {self.limit}.")
 

@@ -99,7 +99,7 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
         results, counts = judge_all(judge, requests, decoding, judgments, desc=f"judge MT-Bench {row}")
         rows = [{**m, "score": mt_bench.parse_rating(r.text) if r.error is None else mt_bench.FAILED,
                  "judgment": r.text, "error": r.error} for m, r in zip(meta, results)]
-        metrics = mt_bench.aggregate(rows)
+        metrics = mt_bench.aggregate(rows, questions)
         if decoding.choices:
             metrics.update(expected_rating(rows, results))
         result = {
@@ -107,6 +107,10 @@ def eval_mt_bench(opts: EvalOptions) -> list[Path]:
             "metrics": metrics, "n_questions": len(questions), "reference_answers_sha256": ref_hash,
             "judge_prompts_sha256": file_fingerprint(mt_bench.data_file(root, "judge_prompts.jsonl")),
             "judge_calls": counts,
+            # FastChat formats answer prompts with its own conversation template per model family (fastchat is
+            # not a dependency here); ours come from the model's own chat template, and the result says so.
+            "answer_prompt": "the model's own chat template (tokenizer.apply_chat_template), not FastChat's "
+                             "conversation template",
         }
         path = write_result(opts, row, "mt_bench", result,
                             [{**r, "answers": a} for r, a in zip(rows, [ans for ans in answers for _ in (1, 2)])])
@@ -142,7 +146,9 @@ def expected_rating(rows: list[dict], results: list) -> dict:
 
 def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     """Greedy answers, two games per question against gpt-4-0314 (positions swapped), the v0.1 judge config
-    and verdict weights, the Bradley-Terry score with a seeded bootstrap 95% interval."""
+    and verdict weights, the Bradley-Terry score with upstream's seeded bootstrap 95% interval: by default over
+    one battle table of every row scored here and any published judgments of the same judge model in the data
+    folder (``--arena-interval joint``, upstream's way), or each row's battles alone (``per-row``)."""
     import re
     from concurrent.futures import ThreadPoolExecutor
 
@@ -152,6 +158,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     root = data_root(opts, "arena_hard")
     opts = dataclasses.replace(opts, max_new_tokens=opts.max_new_tokens or arena_hard.ANSWER_MAX_TOKENS)
     config = arena_hard.load_judge_config(root)
+    attempts = int(config["number_of_judgment_attempts"])
     questions = stratified_subset(arena_hard.load_questions(root), "cluster", opts.limit, opts.seed)
     baseline = arena_hard.load_answers(root, config["baseline_model"])
     pattern = re.compile(config["regex_pattern"])
@@ -160,7 +167,7 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
     max_tokens = opts.judge_max_tokens or int(config["max_tokens"])
     decoding = judge_decoding(opts, float(config["temperature"]), max_tokens, ARENA_HARD_CHOICES)
     cache = judgment_cache(opts)
-    written = []
+    scored = {}
     for row, record in records.items():
         t0 = time.perf_counter()
         ids = [q["uid"] for q in questions]
@@ -178,7 +185,8 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
                     calls["n"] += called
                 return result.text
 
-            return arena_hard.run_game(generate_one, arena_hard.judge_messages(config, questions[i], a, b), pattern)
+            return arena_hard.run_game(generate_one, arena_hard.judge_messages(config, questions[i], a, b), pattern,
+                                       attempts)
 
         with ThreadPoolExecutor(max_workers=max(1, getattr(judge, "concurrency", 1))) as pool:
             games = list(pool.map(play, [(i, g) for i in range(len(questions)) for g in (0, 1)]))
@@ -190,18 +198,60 @@ def eval_arena_hard(opts: EvalOptions) -> list[Path]:
                          "games": [{"verdict": g["verdict"], "judgment": g["judgment"]} for g in (g1, g2)]})
         unparsed = sum(g["verdict"] is None for g in games)
         metrics = {"n_questions": len(questions), "n_games": len(games), "n_unparsed_games": unparsed,
-                   "n_battles": len(battles), "score": None, "ci95": None}
-        if battles:
-            metrics["score"] = arena_hard.score(battles)
-            metrics["ci95"] = list(arena_hard.bootstrap_interval(battles))
+                   "n_battles": len(battles), "score": arena_hard.score(battles) if battles else None, "ci95": None,
+                   **answer_tokens(answers, pair, row)}
         result = {**result_header(opts, ARENA_HARD.id, row, judge, decoding, (config["judge_model"],), ids, key,
                                   t0),
                   "metrics": metrics, "baseline": config["baseline_model"], "judge_calls": calls["n"],
+                  "judgment_attempts": attempts,
                   "judge_config_sha256": file_fingerprint(arena_hard.data_file(root, "judge_config.yaml"))}
-        written.append(write_result(opts, row, ARENA_HARD.stem, result, rows))
+        scored[row] = (result, rows, battles)
         log.info(f"Arena-Hard {row}: score {metrics['score']} on {len(battles)} battles, {unparsed} of {len(games)} "
-            f"games without a verdict ({calls['n']} judge calls)")
+                 f"games without a verdict ({calls['n']} judge calls)")
+    intervals, interval = arena_intervals(opts, root, judge, {r: b for r, (_, _, b) in scored.items() if b})
+    written = []
+    for row, (result, rows, _) in scored.items():
+        if row in intervals:
+            result["metrics"]["ci95"] = list(intervals[row])
+        result["interval"] = interval
+        written.append(write_result(opts, row, ARENA_HARD.stem, result, rows))
     return written
+
+
+def arena_intervals(opts: EvalOptions, root, judge, tables: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Each row's 95% interval and how it was drawn (recorded with every result)."""
+    from harness.benchmarks import arena_hard
+
+    if opts.arena_interval == "per-row":
+        return ({row: arena_hard.bootstrap_interval(b) for row, b in tables.items()},
+                {"bootstrap": "per-row", "rounds": 100, "seed": 42})
+    # Published judgments count only when they come from the model that judges here (upstream pools one
+    # judge's folder); the run's rows come first, then those files' models, each group sorted by name.
+    published = {}
+    model = judge.identity().get("model")
+    if model and tables:
+        published = arena_hard.load_published_battles(root, str(model), skip=set(tables))
+    joint = arena_hard.joint_bootstrap({**dict(sorted(tables.items())), **published}) if tables else {}
+    return ({row: joint[row] for row in tables},
+            {"bootstrap": "joint", "rounds": 100, "seed": 42, "models": [*sorted(tables), *published]})
+
+
+def answer_tokens(answers: list[str], pair, row: str) -> dict:
+    """Mean answer length in tokens, as upstream's table prints it: tiktoken's gpt-3.5-turbo encoding (v0.1's
+    count) where its BPE file can be had, else the row's own tokenizer, and the result names which."""
+    try:
+        import tiktoken
+
+        encoding = tiktoken.encoding_for_model("gpt-3.5-turbo")
+        counts = [len(encoding.encode(a, disallowed_special=())) for a in answers]
+        counter = "tiktoken gpt-3.5-turbo"
+    except (ImportError, OSError, ValueError):  # offline: tiktoken fetches its BPE file on first use
+        from harness.models import load_tokenizer
+
+        tokenizer = load_tokenizer(pair.teacher if row == "teacher" else pair.student)
+        counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        counter = "the row's own tokenizer (tiktoken's gpt-3.5-turbo file was not available)"
+    return {"avg_answer_tokens": sum(counts) / len(counts) if counts else None, "answer_token_counter": counter}
 
 
 # ---------------------------------------------------------------- AlpacaEval 2
@@ -250,15 +300,7 @@ def eval_alpaca_eval(opts: EvalOptions) -> list[Path]:
                                 "top_logprobs": None if j is None or j.top_logprobs is None
                                 else [list(t) for t in j.top_logprobs]})
         metrics = alpaca_eval.summarize([a["preference"] for a in annotations], outputs)
-        scored = [a for a in annotations if a["preference"] is not None and not math.isnan(a["preference"])]
-        if lc_files and scored:  # the official LC, when its two hub files could be had
-            metrics.update(alpaca_eval.length_controlled_official(scored, lc_files))
-        if len(scored) >= alpaca_eval.LC_MIN_ROWS:
-            metrics.update(alpaca_eval.length_controlled_minimal(scored))
-        else:
-            metrics["lc_win_rate_minimal"] = None
-            metrics["lc_variant"] = (f"length_controlled_minimal needs at least {alpaca_eval.LC_MIN_ROWS} judged "
-                                     f"rows; {len(scored)} here")
+        metrics.update(alpaca_eval.length_controlled(annotations, lc_files))
         result = {**result_header(opts, ALPACA_EVAL.id, row, judge, decoding, (official["model"],), ids, key, t0),
                   "metrics": metrics, "annotator": alpaca_eval.ANNOTATOR,
                   "judge_prompt_sha256": stable_hash(alpaca_eval.annotator_config()[1], 16),

@@ -324,6 +324,7 @@ def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
         assert result["limit"] == 2 and len(result["question_ids"]) == 2 and not result["official_judge"]
         assert result["judge"]["kind"] == "transformers" and result["judge_decoding"]["max_tokens"] == 8
         assert result["judge_calls"]["called"] == 4
+        assert result["answer_prompt"].startswith("the model's own chat template")  # not FastChat's: said so
         lines = [json.loads(x) for x in (folder / "mt_bench_judgments.jsonl").read_text().splitlines()]
         assert [(x["turn"], x["prompt"].endswith("multi-turn")) for x in lines[:2]] == [(1, False), (2, True)]
         assert all(x["judgment"] for x in lines)
@@ -395,6 +396,10 @@ def test_arena_hard_with_constrained_verdicts_always_has_battles(workspace):
     m = result["metrics"]
     assert m["n_unparsed_games"] == 0 and m["n_battles"] >= 2 and result["judge_calls"] == 2
     assert m["score"] is not None and m["ci95"][0] <= m["score"] <= m["ci95"][1]
+    # upstream's joint bootstrap over the rows scored (here one), the judge config's attempts, answer lengths
+    assert result["interval"] == {"bootstrap": "joint", "rounds": 100, "seed": 42, "models": ["teacher"]}
+    assert result["judgment_attempts"] == 2
+    assert 0 < m["avg_answer_tokens"] <= 4 and m["answer_token_counter"].startswith(("tiktoken", "the row's own"))
 
 
 def test_rm_winrate_with_a_real_reward_model(workspace, tmp_path):

@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import re
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from unittest import mock
@@ -225,6 +224,22 @@ def summarize(preferences: list[float | None], model_outputs: list[dict]) -> dic
     return out
 
 
+def length_controlled(annotations: list[dict], lc_files: Mapping[str, Path] | None) -> dict:
+    """The LC numbers of one row's annotations (``preference`` None where a judge call failed): the official LC
+    when its hub files are at hand, over every answered row with the unjudged ones as NaN (upstream fits on the
+    judged rows and averages its prediction over all of them), and the labelled minimal GLM on the judged rows."""
+    rows = [{**a, "preference": math.nan if a["preference"] is None else a["preference"]} for a in annotations]
+    judged = [a for a in rows if not math.isnan(a["preference"])]
+    if len(judged) >= LC_MIN_ROWS:
+        metrics = length_controlled_minimal(judged)
+    else:
+        metrics = {"lc_win_rate_minimal": None,
+                   "lc_variant": f"length_controlled_minimal needs at least {LC_MIN_ROWS} judged rows; {len(judged)} here"}
+    if lc_files and judged:  # its label names the official variant
+        metrics.update(length_controlled_official(rows, lc_files))
+    return metrics
+
+
 def length_controlled_minimal(annotations: list[dict]) -> dict:
     """Upstream's ``length_controlled_minimal`` GLM: NOT the official length-controlled win rate.
 
@@ -250,10 +265,10 @@ def length_controlled_minimal(annotations: list[dict]) -> dict:
     train = pd.DataFrame({"preference": df["preference"].astype(float).replace({0.0: DRAW}) - 1,
                           "std_delta_len": delta / delta.std(), "not_gamed_baseline": True})
     test = pd.DataFrame({"not_gamed_baseline": True, "std_delta_len": 0.0}, index=train.index)
-    # config_context undoes the global metadata-routing switch upstream's fit sets; the sklearn>=1.8 deprecation
-    # warnings it triggers (penalty=, l1_ratios) are upstream's and silenced here.
-    with sklearn.config_context(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    # config_context undoes the global metadata-routing switch upstream's fit sets. scikit-learn is pinned below
+    # 1.8, whose deprecations (penalty=, the legacy LogisticRegressionCV attributes) upstream's fit still uses:
+    # no warning to silence, and a test runs this fit with FutureWarnings raised as errors.
+    with sklearn.config_context():
         x_train, x_test = glm.make_dmatrix_for_model(train, test, formula=info["formula"])
         x_train = x_train[x_train["preference"].notna()]
         model = glm.fit_LogisticRegressionCV(x_train, "preference", is_ytrue_proba=True, **info["kwargs"])
@@ -304,10 +319,8 @@ def length_controlled_official(annotations: list[dict], files: Mapping[str, Path
             raise BenchError(f"Upstream's LC asked for {repo_id}/{filename}, which was not given.")
         return str(paths[filename])
 
-    # config_context undoes the global metadata-routing switch upstream's fit sets; FutureWarnings are upstream's.
-    with mock.patch.object(glm, "hf_hub_download", local_file), sklearn.config_context(), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    # config_context undoes the global metadata-routing switch upstream's fit sets (scikit-learn pinned as above).
+    with mock.patch.object(glm, "hf_hub_download", local_file), sklearn.config_context():
         metrics = glm.get_length_controlled_winrate(df, glm_name="length_controlled_v1", save_weights_dir=None,
                                                     is_add_glm_preference_inplace=False)
     return {"lc_win_rate": float(metrics["length_controlled_winrate"]),

@@ -197,17 +197,70 @@ def _percentile(values: list[float], q: float) -> float:
     return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
+def joint_bootstrap(tables: dict[str, list[str]], rounds: int = 100, seed: int = 42) -> dict[str, tuple]:
+    """95% intervals of every model judged against the baseline, bootstrapped together as upstream does.
+
+    ``show_result.py`` concatenates the battles of every judgment file into one table and, per round, resamples
+    that whole table (``np.random.seed(42)``, ``battles.sample(frac=1.0, replace=True)``: ``choice(N, N)`` on
+    numpy's global state) and refits every model at once. Each model's draw therefore depends on the others'
+    table sizes and order: intervals differ from a bootstrap of each model alone. The table here is the models
+    in the order of ``tables`` (callers pass a fixed order: rows, then published judgments, sorted by name),
+    each model's battles in question order, game 1 first. The fit decouples per model (every battle involves
+    the baseline), so a model's round score is the mean of its resampled rows. A model with no row in a round
+    has no fitted rating in upstream's table either (NaN); that round is skipped for it.
+    """
+    names = list(tables)
+    values = [_values(tables[m]) for m in names]
+    owner = np.concatenate([np.full(v.size, i) for i, v in enumerate(values)])
+    flat = np.concatenate(values)
+    rng = np.random.RandomState(seed)
+    elos: list[list[float]] = [[] for _ in names]
+    for _ in range(rounds):
+        pick = rng.choice(flat.size, size=flat.size, replace=True)
+        sums = np.bincount(owner[pick], weights=flat[pick], minlength=len(names))
+        counts = np.bincount(owner[pick], minlength=len(names))
+        for i in np.flatnonzero(counts):
+            elos[i].append(_elo(float(sums[i] / counts[i])))
+    return {m: _interval(e) for m, e in zip(names, elos)}
+
+
+def _interval(elos: list[float]) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles on the Elo scale, mapped back to win rates against the baseline."""
+    if not elos:  # no round drew the model (zero rounds)
+        return (math.nan, math.nan)
+    lower, upper = (_percentile(elos, q) for q in (2.5, 97.5))
+    return tuple(100.0 / (1.0 + 10.0 ** (-e / 400.0)) for e in (lower, upper))
+
+
+def load_published_battles(root, judge_model: str, skip: set[str] = frozenset()) -> dict[str, list[str]]:
+    """Battles of upstream judgment files dropped into the data folder (``model_judgment/<judge_model>/*.jsonl``,
+    v0.1's ``{question_id|uid, model, games: [{score}, {score}]}``), by model, sorted by name; models in ``skip``
+    (the run's own rows) are left out. None there: an empty dict."""
+    folder = next((p / "model_judgment" / judge_model for p in (Path(root), Path(root) / SUBDIR)
+                   if (p / "model_judgment" / judge_model).is_dir()), None)
+    if folder is None:
+        return {}
+    tables: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        for i, row in enumerate(read_jsonl(path), 1):
+            try:
+                model, games = row["model"], row["games"]
+                verdicts = [g.get("score") for g in games[:2]] + [None] * (2 - len(games[:2]))
+            except (KeyError, TypeError, AttributeError):
+                raise BenchError(f"{path}:{i}: expected an upstream judgment row {{model, games: [{{score}}, "
+                                 "{{score}}]}}.") from None
+            if model not in skip:
+                tables.setdefault(model, []).extend(battles(*verdicts))
+    return {m: tables[m] for m in sorted(tables) if tables[m]}
+
+
 def bootstrap_interval(battle_rows, rounds: int = 100, seed: int = 42) -> tuple[float, float]:
     """95% interval (2.5th, 97.5th percentile) of the score over ``rounds`` resamples of the battle rows.
 
     As upstream: ``np.random.seed(42)`` then, per round, ``battles.sample(frac=1.0, replace=True)`` (which draws
     ``choice(n, n, replace=True)`` from numpy's global state) and a refit; the percentiles are taken on the Elo
     scale and mapped back to win rates. Upstream prints them as offsets from the full-data score. Upstream
-    resamples the table of all models judged together; for one model against the baseline that is this table.
+    resamples the table of all models judged together (``joint_bootstrap``); for one model alone that is this
+    table, the labelled per-row option.
     """
-    values = _values(battle_rows)
-    rng = np.random.RandomState(seed)
-    elos = [_elo(float(values[rng.choice(values.size, size=values.size, replace=True)].mean()))
-            for _ in range(rounds)]
-    lower, upper = (_percentile(elos, q) for q in (2.5, 97.5))
-    return tuple(100.0 / (1.0 + 10.0 ** (-e / 400.0)) for e in (lower, upper))
+    return joint_bootstrap({"model": list(battle_rows)}, rounds, seed)["model"]

@@ -145,14 +145,18 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def aggregate(judgments: list[dict]) -> dict:
-    """MT-Bench numbers from judgment rows ``{question_id, category, turn, score}``.
+def aggregate(judgments: list[dict], questions: list[dict] | None = None) -> dict:
+    """MT-Bench numbers from judgment rows ``{question_id, turn, score}`` (FastChat's ``gpt-4_single.jsonl``).
 
     Rows scoring -1 (or None: no judgment) are dropped and counted in ``n_failed``. ``score`` is the mean of all
     remaining rows, both turns pooled (upstream); it equals the mean of ``turn_1`` and ``turn_2`` only when no
     row was dropped. ``se`` (ours; upstream prints none) is the standard error of that pooled mean,
     sample standard deviation / sqrt(n), treating rows as independent. Rows are taken as given: like upstream,
     duplicates are not removed.
+
+    Upstream judgments carry no ``category``: a row's category is its own field where it has one, else the
+    category of its question in ``questions`` (as ``load_questions`` returns them); rows with neither count in
+    the score and in ``n_uncategorised``, not in the per-category means.
     """
     valid = [j for j in judgments if j["score"] is not None and j["score"] != FAILED]
     scores = [float(j["score"]) for j in valid]
@@ -160,13 +164,20 @@ def aggregate(judgments: list[dict]) -> dict:
     mean = _mean(scores)
     se = standard_error(scores)
     by_turn = {t: [float(j["score"]) for j in valid if j["turn"] == t] for t in (1, 2)}
+    of_question = {q["question_id"]: q.get("category") for q in questions or ()}
     categories: dict[str, list[float]] = {}
+    uncategorised = 0
     for j in valid:
-        categories.setdefault(j["category"], []).append(float(j["score"]))
+        category = j.get("category") or of_question.get(j["question_id"])
+        if category is None:
+            uncategorised += 1
+            continue
+        categories.setdefault(category, []).append(float(j["score"]))
     return {
         "score": mean, "se": se, "n": n, "n_failed": len(judgments) - n,
         "turn_1": _mean(by_turn[1]), "turn_2": _mean(by_turn[2]),
         "n_turn_1": len(by_turn[1]), "n_turn_2": len(by_turn[2]),
         "categories": {c: _mean(v) for c, v in sorted(categories.items())},
         "category_counts": {c: len(v) for c, v in sorted(categories.items())},
+        "n_uncategorised": uncategorised,
     }

@@ -312,6 +312,32 @@ def test_lc_official_baseline_and_missing_file(root, lc_files, tmp_path):
         ae.length_controlled_official(annotations, {"df_gamed.csv": tmp_path / "absent.csv"})
 
 
+def test_lc_fits_raise_no_future_warning(root, lc_files):
+    """scikit-learn is pinned below the release that deprecates what upstream's fit uses; nothing is silenced."""
+    import warnings
+
+    annotations = read(root, "gemma-2b-it", "annotations")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert ae.length_controlled_official(annotations, lc_files)["lc_win_rate"] > 0
+        assert ae.length_controlled_minimal(annotations)["lc_win_rate_minimal"] > 0
+
+
+def test_unjudged_rows_enter_the_official_lc_as_nan(root, lc_files, gemma_official):
+    annotations = [{**a, "index": i} for i, a in enumerate(read(root, "gemma-2b-it", "annotations"))]
+    failed = [{**a, "preference": None} if i % 7 == 0 else a for i, a in enumerate(annotations)]
+    got = ae.length_controlled(failed, lc_files)
+    assert got["lc_variant"] == "length_controlled_v1 (official)" and got["lc_win_rate_minimal"] is not None
+    # the same as upstream given all 805 rows with NaN preferences, not the judged rows alone
+    nan_rows = [{**a, "preference": float("nan")} if a["preference"] is None else a for a in failed]
+    assert got["lc_win_rate"] == ae.length_controlled_official(nan_rows, lc_files)["lc_win_rate"]
+    judged_only = [a for a in failed if a["preference"] is not None]
+    assert got["lc_win_rate"] != ae.length_controlled_official(judged_only, lc_files)["lc_win_rate"]
+    assert ae.length_controlled(failed, None)["lc_variant"].startswith("length_controlled_minimal")
+    few = ae.length_controlled(failed[:3], None)
+    assert few["lc_win_rate_minimal"] is None and "at least" in few["lc_variant"]
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_lc_official_with_real_hub_files(root, model):
     """Only with the real hub files (BENCH_ALPACA_LC_FILES=<folder>, digests checked): the published LC."""

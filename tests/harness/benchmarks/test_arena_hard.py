@@ -3,6 +3,7 @@ bootstrap interval against an independent Bradley-Terry fit done the way upstrea
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -259,3 +260,86 @@ def test_perfect_separation():
     assert arena_hard.bootstrap_interval(["loss"] * 30) == (0.0, 0.0)
     lower, upper = arena_hard.bootstrap_interval(["win"] * 29 + ["loss"])
     assert 80 < lower < 100 and upper == 100.0
+
+
+# ---------------------------------------------------------------- joint scoring, as upstream's show_result.py
+# Reference: lmarena/arena-hard-auto@3071ef9 (Apache-2.0), show_result.py (battles of every judgment file in one
+# table) and utils_math.py (compute_mle_elo over all models, get_bootstrap_result resampling the whole table
+# after np.random.seed(42)); re-stated below with sklearn as upstream fits it.
+
+
+def _joint_table(by_model: dict) -> pd.DataFrame:
+    frames = []
+    for model, verdicts in by_model.items():
+        t = _upstream_table(verdicts)
+        t["model_b"] = model
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _bt_elo_joint(df) -> pd.Series:
+    """compute_mle_elo with every model in one design matrix, anchored at the baseline."""
+    models = pd.concat([df["model_a"], df["model_b"]]).unique()
+    index = pd.Series(np.arange(len(models)), index=models)
+    df = pd.concat([df, df], ignore_index=True)
+    n = len(df)
+    X = np.zeros([n, len(models)])
+    X[np.arange(n), index[df["model_a"]].to_numpy()] = math.log(10)
+    X[np.arange(n), index[df["model_b"]].to_numpy()] = -math.log(10)
+    Y = np.zeros(n)
+    Y[(df["winner"] == "model_a").to_numpy()] = 1.0
+    tie = (df["winner"] == "tie").to_numpy().copy()
+    tie[n // 2:] = False
+    Y[tie] = 1.0
+    lr = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8, max_iter=1000).fit(X, Y)
+    elo = 400 * lr.coef_[0] + 1000
+    elo = elo + 1000 - elo[index["baseline"]]
+    return pd.Series(elo, index=models)
+
+
+def test_joint_bootstrap_equals_upstreams_joint_bootstrap():
+    rng = np.random.default_rng(21)
+    by_model = {"a": _verdicts(rng, [0.05, 0.15, 0.3, 0.3, 0.2], 60),
+                "b": _verdicts(rng, [0.2, 0.3, 0.2, 0.2, 0.1], 40),
+                "c": _verdicts(rng, [0.0, 0.1, 0.2, 0.4, 0.3], 50)}
+    table = _joint_table(by_model)
+    state = np.random.get_state()
+    np.random.seed(42)
+    rounds = [_bt_elo_joint(table.sample(frac=1.0, replace=True)) for _ in range(100)]
+    np.random.set_state(state)
+    ours = arena_hard.joint_bootstrap({m: _flat(v) for m, v in by_model.items()})
+    for model in by_model:
+        elos = [r[model] for r in rounds]
+        expected = (_win_rate(np.percentile(elos, 2.5)), _win_rate(np.percentile(elos, 97.5)))
+        assert ours[model] == pytest.approx(expected, abs=1e-3), model
+    # and not what each model alone gives: the draw is shared
+    assert any(ours[m] != pytest.approx(arena_hard.bootstrap_interval(_flat(v)), abs=1e-3)
+               for m, v in by_model.items())
+
+
+def test_joint_bootstrap_of_one_model_is_the_per_row_interval():
+    rows = _flat(_verdicts(np.random.default_rng(4), [0.1, 0.2, 0.4, 0.2, 0.1], 40))
+    assert arena_hard.joint_bootstrap({"only": rows})["only"] == pytest.approx(arena_hard.bootstrap_interval(rows))
+
+
+def test_a_model_that_only_loses_gets_a_clear_interval_beside_others():
+    rows = _flat(_verdicts(np.random.default_rng(6), [0.1, 0.2, 0.4, 0.2, 0.1], 30))
+    out = arena_hard.joint_bootstrap({"loser": ["loss"] * 20, "other": rows})
+    assert out["loser"] == (0.0, 0.0)
+    assert 0.0 < out["other"][0] < out["other"][1] < 100.0
+
+
+def test_published_judgments_are_read_by_judge_and_skip_the_runs_rows(tmp_path):
+    folder = tmp_path / "model_judgment" / "judge-x"
+    folder.mkdir(parents=True)
+    rows = [{"question_id": "q1", "model": "pub", "games": [{"score": "B>A"}, {"score": "A>>B"}]},
+            {"question_id": "q2", "model": "pub", "games": [{"score": None}, {"score": "A=B"}]},
+            {"question_id": "q1", "model": "sft", "games": [{"score": "A>B"}, {"score": "B>A"}]}]
+    (folder / "pub.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = arena_hard.load_published_battles(tmp_path, "judge-x", skip={"sft"})
+    # pub: game 1 B>A (model is B) a win; game 2 A>>B (model is A) three wins; then a tie
+    assert got == {"pub": ["win", "win", "win", "win", "tie"]}
+    assert arena_hard.load_published_battles(tmp_path, "another-judge") == {}
+    (folder / "bad.jsonl").write_text('{"model": "m"}\n')
+    with pytest.raises(BenchError, match="bad.jsonl:1"):
+        arena_hard.load_published_battles(tmp_path, "judge-x")

@@ -83,6 +83,19 @@ def test_aggregate_matches_hand_computation(tmp_path):
     assert result["se"] == pytest.approx(math.sqrt(2 / 3))
 
 
+def test_aggregate_reads_upstream_judgments_without_a_category_field(shared_dir):
+    """FastChat's gpt-4_single.jsonl rows carry question_id, model, judge, user_prompt, judgment, score, turn and
+    tstamp, no category: categories come from the question file."""
+    rows = [{"question_id": q, "model": "m", "judge": ["gpt-4", "single-v1"], "user_prompt": "", "judgment": "",
+             "score": s, "turn": t, "tstamp": 0.0}
+            for q, t, s in [(81, 1, 8), (81, 2, 6), (111, 1, 10), (111, 2, 7), (999, 1, 3)]]
+    result = mt_bench.aggregate(rows, mt_bench.load_questions(shared_dir))
+    assert result["score"] == pytest.approx(34 / 5)  # every valid row counts in the score
+    assert result["categories"] == pytest.approx({"math": 8.5, "writing": 7.0})
+    assert result["category_counts"] == {"math": 2, "writing": 2} and result["n_uncategorised"] == 1
+    assert mt_bench.aggregate(rows)["n_uncategorised"] == 5  # no question file: no categories, still a score
+
+
 def test_aggregate_without_failures_equals_mean_of_turn_means():
     rows = [{"question_id": q, "category": "stem", "turn": t, "score": s}
             for q, t, s in [(141, 1, 2), (141, 2, 4), (142, 1, 6), (142, 2, 9)]]
