@@ -184,21 +184,9 @@ def _upstream_table(verdicts):
 
 
 def _bt_elo(df):
-    """compute_mle_elo: duplicated table, +-ln 10 design, ties split, elo = 400 coef + 1000 anchored at baseline."""
-    models = pd.Series([0, 1], index=["baseline", "model"])
-    df = pd.concat([df, df], ignore_index=True)
-    n = len(df)
-    X = np.zeros([n, 2])
-    X[np.arange(n), models[df["model_a"]].to_numpy()] = math.log(10)
-    X[np.arange(n), models[df["model_b"]].to_numpy()] = -math.log(10)
-    Y = np.zeros(n)
-    Y[(df["winner"] == "model_a").to_numpy()] = 1.0
-    tie = (df["winner"] == "tie").to_numpy().copy()
-    tie[n // 2:] = False
-    Y[tie] = 1.0
-    lr = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8).fit(X, Y)  # C=inf: upstream's penalty=None
-    elo = 400 * lr.coef_[0] + 1000
-    return elo + 1000 - elo[0]
+    """compute_mle_elo of one model against the baseline: [baseline, model] (the joint fit below, two columns)."""
+    elo = _bt_elo_joint(df)
+    return np.array([elo["baseline"], elo["model"]])
 
 
 def _win_rate(elo_model, elo_baseline=1000.0):
