@@ -29,6 +29,7 @@ from harness.files import write_json_atomic, write_text_atomic
 from harness.judges import Decoding, Judge, JudgmentCache, OpenAIJudge, TransformersJudge
 from harness.log import log
 from harness.registry import BENCHMARKS, PAIRS
+from harness.schema import check_record
 
 VERDICTS = ("free", "constrained")
 
@@ -161,7 +162,7 @@ def judgment_cache(opts: EvalOptions, name: str = "judgments") -> JudgmentCache:
 def run_rows(opts: EvalOptions) -> tuple[object, dict[str, dict]]:
     """The run's rows with how to load each one's model."""
     run_dir = opts.results_dir / opts.pair / opts.run
-    records = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/record.json"))}
+    records = {p.parent.name: check_record(json.loads(p.read_text()), p) for p in sorted(run_dir.glob("*/record.json"))}
     if not records:
         raise BenchError(f"No results under {run_dir}. Run `bench run ... --pair {opts.pair}` first, or pass "
                          "--results-dir / --run.")

@@ -16,8 +16,9 @@ from harness.keys import teacher_key
 from harness.log import log
 from harness.models import load_model_from
 from harness.options import RunOptions
-from harness.records import RECORD_SCHEMA, compute_record, environment, git_revision, write_record
+from harness.records import compute_record, environment, git_revision, write_record
 from harness.registry import METHODS
+from harness.schema import RECORD_SCHEMA
 from harness.stages import Run
 from harness.trainer import NonFiniteLoss
 

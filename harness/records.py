@@ -1,4 +1,4 @@
-"""What a run writes per row: record.json (its layout versioned by RECORD_SCHEMA), metrics, answers and the loss
+"""What a run writes per row: record.json (its layout: harness/schema.py), metrics, answers and the loss
 curve; and the compute a row's training cost, its shared signals' included."""
 
 from __future__ import annotations
@@ -11,12 +11,8 @@ import torch
 
 import harness
 from harness.files import write_json_atomic, write_text_atomic
+from harness.schema import check_record
 from harness.signal_api import parse_signal
-
-# Version of record.json's layout. 1 (no "schema" field): before recipes; 2: "schema", "recipe", a portable
-# data location. Readers compare budgets field by field with defaults filled in (harness/budgets.py), so a field
-# added to Budget later does not make older records incomparable.
-RECORD_SCHEMA = 2
 
 
 def environment() -> dict:
@@ -93,6 +89,7 @@ def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_c
     record = {**record, "metrics": evaluation["metrics"],
               "evaluation": {"wall_clock_s": round(evaluation["wall_clock_s"], 2),
                              "generated_tokens": evaluation["generated_tokens"], "stage_key": evaluation["key"]}}
+    check_record(record, folder / "record.json")  # the layout results.load_records reads back
     write_json_atomic(folder / "record.json", record)
     write_json_atomic(folder / "metrics.json", evaluation["metrics"])
     for name in ("per_example.jsonl", "answers.jsonl"):

@@ -11,6 +11,7 @@ import pandas as pd
 from harness.budgets import comparable
 from harness.cache import stable_hash
 from harness.errors import BenchError
+from harness.schema import check_record
 
 # name, label, higher is better
 METRICS = [
@@ -45,7 +46,7 @@ def load_records(results_dir: Path) -> list[dict]:
     (``benchmarks/*.json``, each with its file name under ``_file``) under ``_benchmarks``."""
     records = []
     for path in sorted(Path(results_dir).glob("*/*/*/record.json")):
-        rec = _read_json(path)
+        rec = dict(check_record(_read_json(path), path))
         rec["_dir"] = str(path.parent)
         rec["_benchmarks"] = [{**_read_json(p), "_file": p.name}
                               for p in sorted((path.parent / "benchmarks").glob("*.json"))]

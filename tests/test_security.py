@@ -217,7 +217,9 @@ def test_bench_eval_rm_winrate_keeps_remote_code_off_by_default(tmp_path, shared
     run = results / PAIR / "tiny-seed0"
     for row in ("teacher", "sft"):  # rm_winrate reads only the answers `bench run` wrote, and the records
         (run / row).mkdir(parents=True)
-        (run / row / "record.json").write_text(json.dumps({"row": row}))
+        (run / row / "record.json").write_text(json.dumps({
+            "run": "tiny-seed0", "row": row, "kind": "reference" if row == "teacher" else "method", "seed": 0,
+            "pair": {"name": PAIR}, "budget": {"name": "tiny"}, "metrics": {}}))
         (run / row / "answers.jsonl").write_text(json.dumps({"prompt": "hello", "answer": f"{row} world"}) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--benchmarks", "rm_winrate",

@@ -36,7 +36,8 @@ def write_row(root: Path, row, kind, metrics, flops=None, benchmarks=(), loss_ro
     """One row folder as `bench run` and `bench eval` leave it: record.json, loss_curve.csv, benchmarks/."""
     d = root / "toy-pair" / "r1" / row
     (d / "benchmarks").mkdir(parents=True)
-    rec = {"pair": {"name": "toy-pair"}, "run": "r1", "row": row, "kind": kind, "metrics": metrics}
+    rec = {"pair": {"name": "toy-pair"}, "run": "r1", "seed": 0, "budget": {"name": "tiny"}, "row": row, "kind": kind,
+           "metrics": metrics}
     if flops is not None:
         rec["compute"] = {"flops_estimate": flops}
     (d / "record.json").write_text(json.dumps(rec))
