@@ -20,7 +20,9 @@ def test_readme_tables_match_the_committed_leaderboard(header):
     board = (ROOT / "leaderboards" / "smollm2-135m.md").read_text(encoding="utf-8").split("\n")
     run = board.index("## Run `smoke-seed0` (budget `smoke`, seed 0)")
     in_board = next(i for i, line in enumerate(board) if i > run and line.startswith(header))
-    in_readme = next(i for i, line in enumerate(readme) if line.startswith(header))
+    section = next(i for i, line in enumerate(readme) if line.startswith("## Leaderboard (default pair"))
+    in_readme = next(i for i, line in enumerate(readme) if i > section and line.startswith(header))
+    assert not any(line.startswith(header) for line in readme[:section])  # the table sits in its section only
     assert table_after(readme, in_readme) == table_after(board, in_board)
 
 
