@@ -4,6 +4,7 @@ rate: each row answers (cached), the judge grades (cached), the scores go to ``b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import threading
@@ -239,19 +240,32 @@ def arena_intervals(opts: EvalOptions, root, judge, tables: dict[str, list[str]]
 def answer_tokens(answers: list[str], pair, row: str) -> dict:
     """Mean answer length in tokens, as upstream's table prints it: tiktoken's gpt-3.5-turbo encoding (v0.1's
     count) where its BPE file can be had, else the row's own tokenizer, and the result names which."""
-    try:
-        import tiktoken
-
-        encoding = tiktoken.encoding_for_model("gpt-3.5-turbo")
+    encoding = _tiktoken_encoding()
+    if encoding is not None:
         counts = [len(encoding.encode(a, disallowed_special=())) for a in answers]
         counter = "tiktoken gpt-3.5-turbo"
-    except (ImportError, OSError, ValueError):  # offline: tiktoken fetches its BPE file on first use
-        from harness.models import load_tokenizer
-
-        tokenizer = load_tokenizer(pair.teacher if row == "teacher" else pair.student)
+    else:
+        tokenizer = _tokenizer(pair.teacher if row == "teacher" else pair.student)
         counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
         counter = "the row's own tokenizer (tiktoken's gpt-3.5-turbo file was not available)"
     return {"avg_answer_tokens": sum(counts) / len(counts) if counts else None, "answer_token_counter": counter}
+
+
+@functools.cache
+def _tiktoken_encoding():
+    """Looked up once per process: offline, tiktoken tries (and fails) to fetch its BPE file on every call."""
+    try:
+        import tiktoken
+
+        return tiktoken.encoding_for_model("gpt-3.5-turbo")
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+@functools.cache
+def _tokenizer(spec):
+    from harness.models import load_tokenizer
+    return load_tokenizer(spec)
 
 
 # ---------------------------------------------------------------- AlpacaEval 2

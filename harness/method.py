@@ -114,12 +114,15 @@ class Method:
         return self.registered_name
 
     def live_teacher_logits(self, seqs, vocab: int) -> torch.Tensor:
-        """The live teacher's next-token logits on ``seqs`` ([B, T-1, vocab], fp32, no gradient), cut to the
-        student's vocabulary (a larger teacher's padded embedding rows); the tokens count as teacher compute."""
+        """The live teacher's next-token logits at the response positions of ``seqs``, packed as the student's
+        ([N, vocab], fp32, no gradient; harness/losses.py), cut to the student's vocabulary (a larger teacher's
+        padded embedding rows); the tokens count as teacher compute."""
+        from harness.losses import response_logits
+
         with torch.no_grad():
-            out = self.runtime.teacher(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False)
+            logits = response_logits(self.runtime.teacher, seqs)
         self.usage["teacher_tokens"] += seqs.n_tokens
-        return out.logits[:, :-1, :vocab].float()
+        return logits[:, :vocab].float()
 
     def loss(self, model, batch: Batch) -> LossOutput:
         raise NotImplementedError

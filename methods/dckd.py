@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import bucket_forward_kl, bucket_logps, forward, response_mask, token_logps
+from harness.losses import bucket_forward_kl, bucket_logps, forward, forward_pair, packed, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -84,16 +84,17 @@ class DCKD(Method):
         cfg = self.config
         kl_fn = official_bucket_kl if cfg.official_clamp else bucket_forward_kl
         terms, tokens = [], 0
-        sides = (("chosen", batch.chosen, cfg.chosen_weight), ("rejected", batch.rejected, cfg.rejected_weight))
-        for side, seqs, weight in sides:
-            if weight == 0 and not (side == "chosen" and cfg.sft_weight > 0):
-                continue
-            logits = forward(model, seqs)
+        sides = [(side, seqs, weight) for side, seqs, weight in
+                 (("chosen", batch.chosen, cfg.chosen_weight), ("rejected", batch.rejected, cfg.rejected_weight))
+                 if weight > 0 or (side == "chosen" and cfg.sft_weight > 0)]
+        both = forward_pair(model, batch.chosen, batch.rejected) if len(sides) == 2 else None
+        for i, (side, seqs, weight) in enumerate(sides):
+            logits = both[i] if both else forward(model, seqs)
             tokens += seqs.n_tokens
             if weight > 0:
                 topk = batch.signals[f"teacher_topk:{side}"]
-                s_topk, s_rest = bucket_logps(logits, topk["ids"])
-                kl = kl_fn(topk["logps"], topk["rest"], s_topk, s_rest) * response_mask(seqs)
+                s_topk, s_rest = bucket_logps(logits, packed(topk["ids"], seqs))
+                kl = kl_fn(packed(topk["logps"], seqs), packed(topk["rest"], seqs, 0), s_topk, s_rest)
                 terms.append(Term(f"kl_{side}", weight * kl.sum(), f"{side}_tokens"))
             if side == "chosen" and cfg.sft_weight > 0:
                 logp, _ = token_logps(logits, seqs)

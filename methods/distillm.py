@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from harness.batch import pad_sequences, prompts_of
 from harness.errors import BenchError
 from harness.lazy import no_grad
-from harness.losses import forward, response_mask, skewed_kl, token_logps
+from harness.losses import forward, skewed_kl, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -203,8 +203,7 @@ class DistiLLM(Method):
             div = skewed_kl(t_logits, logits, cfg.alpha)
         else:
             div = skewed_kl(logits, t_logits, cfg.alpha)
-        mask = response_mask(seqs)
-        terms = [Term(cfg.loss, cfg.kd_ratio * (div * mask).sum(), "chosen_tokens")]
+        terms = [Term(cfg.loss, cfg.kd_ratio * div.sum(), "chosen_tokens")]
         if cfg.kd_ratio < 1:
             logp, _ = token_logps(logits, seqs)
             terms.append(Term("nll", -(1 - cfg.kd_ratio) * logp.sum(), "chosen_tokens"))

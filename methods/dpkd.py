@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import forward, response_mask, sequence_logps, smoothed_sigmoid_loss, token_logps
+from harness.losses import (
+    forward,
+    forward_pair,
+    sequence_logps,
+    smoothed_sigmoid_loss,
+    stack_sides,
+    token_logps,
+)
 from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -86,11 +93,13 @@ class DPKD(Method):
             return self._token_loss(model, batch)
         cfg = self.config
         good, bad = batch.signals["teacher_samples"], batch.signals["student_samples"]
-        logits_good, logits_bad = forward(model, good), forward(model, bad)
+        logits_good, logits_bad = forward_pair(model, good, bad)
         q_good, _ = sequence_logps(logits_good, good)
         q_bad, _ = sequence_logps(logits_bad, bad)
-        p_good, _ = sequence_logps(self.live_teacher_logits(good, logits_good.shape[-1]), good)
-        p_bad, _ = sequence_logps(self.live_teacher_logits(bad, logits_bad.shape[-1]), bad)
+        t_good, t_bad = self.live_teacher_logits(stack_sides(good, bad), logits_good.shape[-1]).split(
+            [len(logits_good), len(logits_bad)])
+        p_good, _ = sequence_logps(t_good, good)
+        p_bad, _ = sequence_logps(t_bad, bad)
         h = cfg.beta * ((q_good - p_good) - (q_bad - p_bad))
         return LossOutput([Term("dpkd", smoothed_sigmoid_loss(h, cfg.label_smoothing).sum(), "pairs")],
                           student_tokens=good.n_tokens + bad.n_tokens,
@@ -105,11 +114,10 @@ class DPKD(Method):
         y_t = lp.argmax(-1, keepdim=True)
         y_s = lq.detach().argmax(-1, keepdim=True)
         h = (lq.gather(-1, y_t) - lq.gather(-1, y_s) - (lp.gather(-1, y_t) - lp.gather(-1, y_s))).squeeze(-1)
-        mask = response_mask(seqs)
-        per_token = smoothed_sigmoid_loss(cfg.beta * h, cfg.label_smoothing) * mask
+        per_token = smoothed_sigmoid_loss(cfg.beta * h, cfg.label_smoothing)  # [N]: response positions only
         terms = [Term("dpkd", cfg.kd_ratio * per_token.sum(), "chosen_tokens")]
         if cfg.kd_ratio < 1:
             logp, _ = token_logps(logits, seqs)
             terms.append(Term("nll", -(1 - cfg.kd_ratio) * logp.sum(), "chosen_tokens"))
-        disagree = float(((y_t != y_s).squeeze(-1) & mask).sum() / mask.sum().clamp(min=1))
+        disagree = float((y_t != y_s).float().mean()) if len(h) else 0.0
         return LossOutput(terms, student_tokens=seqs.n_tokens, stats={"argmax_disagreement": disagree})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import BenchError
-from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
+from harness.losses import forward_pair, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -47,8 +47,9 @@ class DPO(Method):
     needs = ("reference_logps",)
 
     def loss(self, model, batch):
-        pc, _ = sequence_logps(forward(model, batch.chosen), batch.chosen)
-        pr, _ = sequence_logps(forward(model, batch.rejected), batch.rejected)
+        logits_c, logits_r = forward_pair(model, batch.chosen, batch.rejected)
+        pc, _ = sequence_logps(logits_c, batch.chosen)
+        pr, _ = sequence_logps(logits_r, batch.rejected)
         ref = batch.signals["reference_logps"]  # [B, 2]: chosen, rejected
         h = self.config.beta * ((pc - ref[:, 0]) - (pr - ref[:, 1]))
         losses = smoothed_sigmoid_loss(h, self.config.label_smoothing)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import forward, generalized_jsd, response_mask
+from harness.losses import forward, generalized_jsd
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -52,8 +52,7 @@ def live_divergence(method: Method, model, seqs, beta: float) -> tuple[torch.Ten
     """Summed per-token generalised JSD between the student and the live teacher on ``seqs``."""
     logits = forward(model, seqs)
     t_logits = method.live_teacher_logits(seqs, logits.shape[-1])
-    div = generalized_jsd(logits, t_logits, beta) * response_mask(seqs)
-    return div.sum(), seqs.n_tokens
+    return generalized_jsd(logits, t_logits, beta).sum(), seqs.n_tokens
 
 
 TRL = "huggingface/trl@f2cd577 trl/experimental/gkd/gkd_config.py"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import forward, log_sigmoid, sequence_logps, token_logps
+from harness.losses import forward_pair, log_sigmoid, sequence_logps, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -68,9 +68,9 @@ class PLaD(Method):
     def loss(self, model, batch):
         cfg = self.config
         good, bad = batch.signals["teacher_samples"], batch.signals["student_samples"]
-        logits_good = forward(model, good)
+        logits_good, logits_bad = forward_pair(model, good, bad)
         s_good, n_good = sequence_logps(logits_good, good)
-        s_bad, n_bad = sequence_logps(forward(model, bad), bad)
+        s_bad, n_bad = sequence_logps(logits_bad, bad)
         if cfg.score == "mean":
             s_good, s_bad = s_good / n_good.clamp(min=1), s_bad / n_bad.clamp(min=1)
         diff = s_good - s_bad

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import BenchError
-from harness.losses import forward, sequence_logps, smoothed_sigmoid_loss
+from harness.losses import forward_pair, sequence_logps, smoothed_sigmoid_loss
 from harness.method import LossOutput, Method, MethodConfig, Term, check_label_smoothing
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -64,8 +64,9 @@ class SimPO(Method):
 
     def loss(self, model, batch):
         cfg = self.config
-        pc, nc = sequence_logps(forward(model, batch.chosen), batch.chosen)
-        pr, nr = sequence_logps(forward(model, batch.rejected), batch.rejected)
+        logits_c, logits_r = forward_pair(model, batch.chosen, batch.rejected)
+        pc, nc = sequence_logps(logits_c, batch.chosen)
+        pr, nr = sequence_logps(logits_r, batch.rejected)
         h = cfg.beta * (pc / nc.clamp(min=1) - pr / nr.clamp(min=1)) - cfg.gamma_beta_ratio * cfg.beta
         losses = smoothed_sigmoid_loss(h, cfg.label_smoothing)
         return LossOutput([Term("simpo", losses.sum(), "pairs")],

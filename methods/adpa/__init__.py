@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import bucket_logps, forward, response_mask, token_logps
+from harness.losses import bucket_logps, forward, forward_pair, packed, response_mask, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -146,16 +146,17 @@ class ADPA(Method):
         cfg = self.config
         sig = batch.signals["adpa_advantage"]
         seqs = sig["seqs"]
-        logits = forward(model, seqs)
-        s_topk, s_rest = bucket_logps(logits, sig["ids"])
+        both = forward_pair(model, seqs, batch.chosen) if cfg.sft_weight > 0 else None
+        logits = both[0] if both else forward(model, seqs)
+        s_topk, s_rest = bucket_logps(logits, packed(sig["ids"], seqs))
         adv, adv_rest = (official_advantage if cfg.advantage_mode == "clamped_official" else signed_advantage)(sig)
         adv, adv_rest = adv.to(logits.device), adv_rest.to(logits.device)
-        expected = (s_topk.exp() * adv).sum(-1) + s_rest.exp() * adv_rest
+        expected = (s_topk.exp() * packed(adv, seqs)).sum(-1) + s_rest.exp() * packed(adv_rest, seqs, 0)
         mask = response_mask(seqs)
-        terms = [Term("adpa", -cfg.adpa_weight * (expected * mask).sum(), "adpa_advantage_tokens")]
+        terms = [Term("adpa", -cfg.adpa_weight * expected.sum(), "adpa_advantage_tokens")]
         tokens = seqs.n_tokens
         if cfg.sft_weight > 0:
-            logp, _ = token_logps(forward(model, batch.chosen), batch.chosen)
+            logp, _ = token_logps(both[1], batch.chosen)
             terms.append(Term("nll", -cfg.sft_weight * logp.sum(), "chosen_tokens"))
             tokens += batch.chosen.n_tokens
         signed = sig["dpo_logps"] - sig["ref_logps"]  # whatever the mode: how often the teacher's DPO raised a token
