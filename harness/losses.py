@@ -39,14 +39,13 @@ def _hook_head(model) -> None:
         head._bench_response_rows = True
 
 
-def response_logits(model, seqs: Sequences, **kwargs) -> torch.Tensor:
+def response_logits(model, seqs: Sequences) -> torch.Tensor:
     """``model``'s logits at the response positions of ``seqs``, packed: [N, V] (no dtype change)."""
     mask = response_mask(seqs)
     _hook_head(model)
     token = _ROWS.set(mask)
     try:
-        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False,
-                       **kwargs).logits
+        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
     finally:
         _ROWS.reset(token)
     if logits.dim() == 3:  # a model without a hookable output embedding: cut the full logits
@@ -101,10 +100,11 @@ def unpack(values: torch.Tensor, seqs: Sequences) -> torch.Tensor:
 
 def token_logps(logits: torch.Tensor, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(response token) at each response position ([B, T-1], 0 elsewhere), and the mask."""
+    mask = response_mask(seqs)
     rows = packed(logits, seqs)
-    labels = seqs.labels[:, 1:][response_mask(seqs)].to(rows.device)
+    labels = seqs.labels[:, 1:][mask].to(rows.device)
     logp = torch.log_softmax(rows, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return unpack(logp, seqs), response_mask(seqs)
+    return unpack(logp, seqs), mask
 
 
 def sequence_logps(logits: torch.Tensor, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,9 +140,14 @@ def bucket_forward_kl(t_topk: torch.Tensor, t_rest: torch.Tensor, s_topk: torch.
 
 def teacher_forward_kl(logits: torch.Tensor, seqs: Sequences, topk: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position bucket KL of the student's logits from a collated teacher top-k signal; [B, T-1] and mask."""
+    return unpack(packed_teacher_kl(logits, seqs, topk), seqs), response_mask(seqs)
+
+
+def packed_teacher_kl(logits: torch.Tensor, seqs: Sequences, topk: dict, kl_fn=None) -> torch.Tensor:
+    """The bucket KL from a collated teacher top-k signal at the response positions, packed [N]; ``kl_fn``
+    replaces :func:`bucket_forward_kl` (same arguments), e.g. a method's clamped variant."""
     s_topk, s_rest = bucket_logps(packed(logits, seqs), packed(topk["ids"], seqs))
-    kl = bucket_forward_kl(packed(topk["logps"], seqs), packed(topk["rest"], seqs, 0), s_topk, s_rest)
-    return unpack(kl, seqs), response_mask(seqs)
+    return (kl_fn or bucket_forward_kl)(packed(topk["logps"], seqs), packed(topk["rest"], seqs, 0), s_topk, s_rest)
 
 
 def log_sigmoid(x: torch.Tensor) -> torch.Tensor:

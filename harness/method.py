@@ -18,6 +18,7 @@ from typing import ClassVar
 from harness.batch import Batch
 from harness.errors import BenchError
 from harness.lazy import torch
+from harness.losses import response_logits
 
 
 @dataclass
@@ -117,8 +118,6 @@ class Method:
         """The live teacher's next-token logits at the response positions of ``seqs``, packed as the student's
         ([N, vocab], fp32, no gradient; harness/losses.py), cut to the student's vocabulary (a larger teacher's
         padded embedding rows); the tokens count as teacher compute."""
-        from harness.losses import response_logits
-
         with torch.no_grad():
             logits = response_logits(self.runtime.teacher, seqs)
         self.usage["teacher_tokens"] += seqs.n_tokens

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from harness.errors import BenchError
 from harness.lazy import torch
-from harness.losses import bucket_forward_kl, bucket_logps, forward, forward_pair, packed, token_logps
+from harness.losses import bucket_forward_kl, forward, forward_pair, packed_teacher_kl, token_logps
 from harness.method import LossOutput, Method, MethodConfig, Term
 from harness.recipes import Recipe
 from harness.registry import register_method
@@ -92,9 +92,7 @@ class DCKD(Method):
             logits = both[i] if both else forward(model, seqs)
             tokens += seqs.n_tokens
             if weight > 0:
-                topk = batch.signals[f"teacher_topk:{side}"]
-                s_topk, s_rest = bucket_logps(logits, packed(topk["ids"], seqs))
-                kl = kl_fn(packed(topk["logps"], seqs), packed(topk["rest"], seqs, 0), s_topk, s_rest)
+                kl = packed_teacher_kl(logits, seqs, batch.signals[f"teacher_topk:{side}"], kl_fn)
                 terms.append(Term(f"kl_{side}", weight * kl.sum(), f"{side}_tokens"))
             if side == "chosen" and cfg.sft_weight > 0:
                 logp, _ = token_logps(logits, seqs)

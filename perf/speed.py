@@ -179,7 +179,7 @@ class Bench:
 
     def prepare(self, method) -> dict:
         """The method's cached signals (computed now, untimed) and its runtime, as the pipeline sets them up."""
-        signals = {s: self.run.signal(s, "train", method)[0] for s in method.needs if parse_signal(s).cached}
+        signals = self.cached_signals(method)
         teacher = self.run.teacher() if "teacher_model" in method.needs else None
         b, rows = self.budget, self.run.train_rows
         method.runtime = Runtime(self.tok.pad_token_id, self.tok.eos_token_id, b.gen_max_new_tokens, b.max_seq_len,
@@ -187,6 +187,9 @@ class Bench:
                                  steps_per_epoch=max(1, len(rows) // b.examples_per_step),
                                  validation=self.run.spare_rows)
         return signals
+
+    def cached_signals(self, method) -> dict:
+        return {s: self.run.signal(s, "train", method)[0] for s in method.needs if parse_signal(s).cached}
 
     def train_steps(self, label: str) -> Timing:
         method = self.method(label)
@@ -201,12 +204,9 @@ class Bench:
         """``label``'s step times, taken in a child process of its own (which also reports the peak RSS of
         training it), after this process has computed its cached signals into the shared cache folder."""
         if label not in self.timings:
-            method = self.method(label)
-            for s in method.needs:
-                if parse_signal(s).cached:
-                    self.run.signal(s, "train", method)
+            self.cached_signals(self.method(label))
             say(f"timing {label} in a child process")
-            child = run_child(self.args, "--child-time", label)
+            child = run_child(self.args, label)
             self.timings[label] = Timing(child["seconds"], child["tokens"])
             self.peaks[label] = child["peak"]
         return self.timings[label]
@@ -383,8 +383,9 @@ def time_child(args, label: str) -> None:
     print(CHILD_TAG + json.dumps({"seconds": t.seconds, "tokens": t.tokens, "peak": peak}), flush=True)
 
 
-def run_child(args, flag: str, label: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), flag, label, "--cache-dir", str(args.cache_dir),
+def run_child(args, label: str) -> dict:
+    """Time ``label`` in a child process (``time_child``) with this run's shape; its figures."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-time", label, "--cache-dir", str(args.cache_dir),
            "--data-dir", str(args.data_dir), "--pair", args.pair, "--budget", args.budget,
            "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum), "--seq-len", str(args.seq_len),
            "--prompt-len", str(args.prompt_len), "--train-examples", str(args.train_examples),
@@ -393,7 +394,7 @@ def run_child(args, flag: str, label: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(CHILD_TAG)]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"child {flag} {label} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"timing child for {label} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len(CHILD_TAG):])
 
 

@@ -45,6 +45,8 @@ def test_readme_speed_figures_are_the_committed_benchmark_output():
     expected = [
         " / ".join(cost[m] for m in ("kd", "dckd", "dpo", "simpo")),
         " / ".join(cost[m] for m in ("rkl", "distillm", "gkd", "kd-live")),
+        " / ".join(f"{report['methods'][m]['tokens_per_s']:.0f}" for m in ("sft", "kd", "dckd", "dpo", "simpo")),
+        " / ".join(f"{report['methods'][m]['peak_rss_mib']:,.0f}" for m in ("sft", "dckd", "dpo", "gkd")) + " MiB",
         *(f"| {trl[m]} |" for m in ("dpo", "kd", "kd-live", "gkd-offpolicy")),
         f"{gen['batched']['tokens_per_s']:.1f} vs {gen['one_at_a_time']['tokens_per_s']:.1f} new tokens/s = "
         f"{gen['speedup']:.2f}×",
