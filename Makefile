@@ -36,14 +36,20 @@ browser:
 	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "note: install Debian's chromium and chromium-driver for the HTML report's browser test"; fi
 
+# Tests run in TEST_PROCESSES pytest-xdist processes (default: one per two cores, at least two), a whole file to a
+# process (a file's fixtures, e.g. a tiny bench run, are made once), the longest files first (tests/conftest.py).
+TEST_PROCESSES ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n / 2 > 2 ? n / 2 : 2 )))
+PYTEST = BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra -n $(TEST_PROCESSES) \
+	--dist loadfile --no-loadscope-reorder
+
 test: setup browser
 	$(BIN)/ruff check .
-	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra
+	$(PYTEST)
 
 # The everyday tier: unit tests with tiny random models and toy results, no real model, no bench process.
 test-fast: setup
 	$(BIN)/ruff check .
-	BENCH_SHARED=$(or $(DATA_DIR),../shared) $(BIN)/python -m pytest -q -ra -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean-cache:
 	rm -rf .cache ~/.cache/bench

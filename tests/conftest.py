@@ -16,6 +16,24 @@ os.environ.setdefault("BENCH_MODEL_CACHE", str(ROOT / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`make test` runs two processes) each process takes its share of the cores, and so do the bench
+# processes it starts: two processes at two threads each on two cores spin against each other, and the model's
+# small matrices use a second thread poorly anyway (a tiny run took 1.4x as long on one thread as on two).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(THREADS)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(THREADS)
+
+# The longest files (each a whole bench run or more) start first, so that the processes finish together.
+LONGEST_FIRST = ("tests/test_e2e.py", "tests/test_e2e_benchmarks.py", "tests/test_reproduce.py",
+                 "tests/test_e2e_resume.py", "tests/test_bad_input.py", "tests/test_security.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
