@@ -155,7 +155,10 @@ def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[st
         for row, q in enumerate(chunk):  # left padding: the next token follows every prompt's last position
             ids[row, length - len(q[3]):] = torch.tensor(q[3])
             mask[row, length - len(q[3]):] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
+        # Only the next token after each query is read, so the LM head runs on the last position alone: on these
+        # long queries the head over every position was a fifth of the teacher's work and a [B, T, vocab] tensor.
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                       logits_to_keep=1).logits[:, -1]
         tokens += int(mask.sum())
         top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
         for row, (e, i, j, _) in enumerate(chunk):

@@ -101,9 +101,11 @@ class LetterTeacher(torch.nn.Module):
         self.fixed[single_id(tokenizer, OUTSIDE[0])] = OUTSIDE[1]
         self.calls = []  # per forward: (input_ids, attention_mask, use_cache)
         self.pairs = []  # per row: (marker first shown, marker second shown)
+        self.kept = []  # per forward: logits_to_keep
 
-    def forward(self, input_ids, attention_mask, use_cache):
+    def forward(self, input_ids, attention_mask, use_cache, logits_to_keep=0):
         self.calls.append((input_ids.clone(), attention_mask.clone(), use_cache))
+        self.kept.append(logits_to_keep)
         rows = []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             seen = [self.marker_ids[t] for t, m in zip(ids, mask) if m and t in self.marker_ids]
@@ -116,8 +118,8 @@ class LetterTeacher(torch.nn.Module):
             logits[self.letter["B"]] = 10.0 + MARKERS[second]
             rows.append(logits)
         last = torch.stack(rows)  # [B, V]
-        t = input_ids.shape[1]
-        return SimpleNamespace(logits=last.unsqueeze(1).expand(-1, t, -1))  # [B, T, V] without the memory
+        t = logits_to_keep or input_ids.shape[1]  # HF's meaning: 0 keeps every position
+        return SimpleNamespace(logits=last.unsqueeze(1).expand(-1, t, -1))  # [B, t, V] without the memory
 
 
 def hand_letter_probs(vocab, first, second):
@@ -192,6 +194,7 @@ def test_teacher_mcq_pads_on_the_left(mcq_run, smollm2_tokenizer):
                for ins, per in zip(INSTRUCTIONS, ANSWERS) for i, j in itertools.combinations(range(len(per)), 2)]
     rows = [(ids, mask) for c in model.calls for ids, mask in zip(c[0].tolist(), c[1].tolist())]
     assert len(rows) == len(queries)
+    assert model.kept == [1] * len(model.calls)  # the LM head asked for the last position only
     padded_rows = 0
     for (ids, mask), query in zip(rows, queries):
         k = len(ids) - len(query)
