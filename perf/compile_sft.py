@@ -65,5 +65,6 @@ def main() -> None:
               if saved > 0 else "the compiled step is not faster")
     print(f"compiled / eager step: {compiled['median_s'] / eager['median_s']:.2f}; {repaid}")
 
+
 if __name__ == "__main__":
     main()

@@ -12,8 +12,6 @@ import csv
 import json
 import math
 import re
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,7 +19,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from harness.cli import main
-from tests.e2e_helpers import plugin_env, records, tiny_workspace
+from tests.e2e_helpers import bench, plugin_env, records, tiny_workspace, with_arg
 
 pytestmark = pytest.mark.slow
 METHODS = ["sft", "kd", "dckd", "dpo", "simpo", "seqkd", "gkd", "rkl", "plad", "pad", "dpkd", "adpa", "adpa_plus",
@@ -156,22 +154,17 @@ def test_rerun_is_served_from_cache(workspace):
 def test_failed_invocation_loses_nothing(workspace):
     root = workspace["root"]
     before = {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
-    args = list(workspace["args"])
-    args[args.index("--methods") + 1] = "sft,nope"
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, with_arg(workspace["args"], "--methods", "sft,nope"))
     assert result.exit_code == 2
     assert before == {p: p.read_bytes() for p in (root / "results").rglob("*") if p.is_file()}
 
 
 def test_outside_method_registered_through_entry_point(workspace, tmp_path):
     env = plugin_env(tmp_path, "outside_method", "outside_nll")
-    args = list(workspace["args"])
-    args[args.index("--methods") + 1] = "outside_nll,sft"
-    args += ["--option", "outside_nll.scale=2.0"]
-    listing = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], env=env, capture_output=True, text=True)
+    args = with_arg(workspace["args"], "--methods", "outside_nll,sft") + ["--option", "outside_nll.scale=2.0"]
+    listing = bench(["methods"], env=env)
     assert "outside_nll" in listing.stdout, listing.stderr
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = bench(args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train outside_nll" in done.stderr and "train sft:" not in done.stderr  # sft came from the cache
     rec = json.loads((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_nll/record.json").read_text())
@@ -185,10 +178,7 @@ def test_outside_method_registered_through_entry_point(workspace, tmp_path):
 def test_outside_signal_and_method_registered_through_entry_points(workspace, tmp_path):
     """A package outside bench defines a signal and a method that needs it: one file, two entry points."""
     env = plugin_env(tmp_path, "outside_signal", "outside_margin_nll", signal="outside_margin")
-    args = list(workspace["args"])
-    args[args.index("--methods") + 1] = "outside_margin_nll"
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = bench(with_arg(workspace["args"], "--methods", "outside_margin_nll"), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "signal outside_margin (train)" in done.stderr  # computed once, into the stage cache
     rec = json.loads((workspace["root"] / "results/smollm2-135m/tiny-seed0/outside_margin_nll/record.json")
@@ -213,12 +203,9 @@ def test_a_nan_loss_stops_that_method_and_the_others_finish(workspace, tmp_path)
     it is skipped, sft still gets its record and the leaderboard, and the command exits non-zero."""
     env = plugin_env(tmp_path, "nan_method", "nan_method")
     root = workspace["root"]
-    args = list(workspace["args"])
-    args[args.index("--methods") + 1] = "nan_at_step2,after_nan,sft"
-    args[args.index("--results-dir") + 1] = str(tmp_path / "results")
-    args[args.index("--leaderboard-dir") + 1] = str(tmp_path / "leaderboards")
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=900)
+    args = with_arg(workspace["args"], "--methods", "nan_at_step2,after_nan,sft")
+    args = with_arg(with_arg(args, "--results-dir", tmp_path / "results"), "--leaderboard-dir", tmp_path / "leaderboards")
+    done = bench(args, env=env)
     assert done.returncode == 3, done.stderr[-3000:]
     run_dir = tmp_path / "results/smollm2-135m/tiny-seed0"
     failure = json.loads((run_dir / "nan_at_step2" / "failure.json").read_text())
@@ -234,9 +221,7 @@ def test_a_nan_loss_stops_that_method_and_the_others_finish(workspace, tmp_path)
 
 
 def test_shared_warm_start_moves_the_starting_point(workspace):
-    args = list(workspace["args"])
-    args[args.index("--methods") + 1] = "sft"
-    args += ["--set", "warmstart_steps=1", "--run-name", "warm"]
+    args = with_arg(workspace["args"], "--methods", "sft") + ["--set", "warmstart_steps=1", "--run-name", "warm"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "warm-start: SFT of the student for 1 steps" in result.output

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from tests.e2e_helpers import kill_when, start, tiny_workspace
+from tests.e2e_helpers import bench, kill_when, start, tiny_workspace, with_arg
 from tests.harness.benchmarks.test_download import server  # noqa: F401 (a fixture: a loopback mirror of upstream)
 
 pytestmark = pytest.mark.slow
@@ -65,8 +62,7 @@ def test_mt_bench_eval_with_a_local_judge_is_cached_and_recorded(workspace):
     assert second.exit_code == 0, second.output
     assert "(0 judge calls, 4 cached)" in second.output and "MT-Bench turn" not in second.output
     # A row whose budget kept no weights: a clear error, nothing else lost.
-    args[args.index("--rows") + 1] = "sft"
-    bad = CliRunner().invoke(main, args)
+    bad = CliRunner().invoke(main, with_arg(args, "--rows", "sft"))
     assert bad.exit_code == 2 and "saved no checkpoint" in bad.output
 
 
@@ -210,9 +206,7 @@ def test_without_data_dir_the_benchmark_files_come_from_upstream(workspace, serv
 
 def test_bench_run_scores_benchmarks_in_the_same_command(workspace):
     """`bench run --benchmarks`: the (cached) training, then MT-Bench on every row of the run, one command."""
-    args = [a for a in workspace["args"]]
-    args[args.index("--methods") + 1] = "sft,kd"
-    args += ["--benchmarks", "mt_bench", "--judge", "local:teacher", "--verdict", "constrained", "--limit", "1",
+    args = with_arg(workspace["args"], "--methods", "sft,kd") + ["--benchmarks", "mt_bench", "--judge", "local:teacher", "--verdict", "constrained", "--limit", "1",
              "--max-new-tokens", "4"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output + repr(out.exception)
@@ -223,14 +217,6 @@ def test_bench_run_scores_benchmarks_in_the_same_command(workspace):
     assert "### Benchmarks" in board and "MT-Bench (1-10)" in board
 
 
-def copy_cache(workspace, dest: Path, parts=("signals", "eval", "answers")) -> Path:
-    """The finished stages a resumed run should reuse (not the multi-GB checkpoints it does not need)."""
-    for part in parts:
-        if (workspace["root"] / "cache" / part).exists():
-            shutil.copytree(workspace["root"] / "cache" / part, dest / part)
-    return dest
-
-
 def test_an_evaluation_killed_while_judging_resumes_to_the_same_scores(workspace, tmp_path):
     """MT-Bench judged by the local teacher: killed (SIGKILL) after the first judgments reached the judgment
     cache, the same command makes only the missing calls and ends with the scores of an uninterrupted one."""
@@ -238,7 +224,8 @@ def test_an_evaluation_killed_while_judging_resumes_to_the_same_scores(workspace
         results = tmp_path / name / "results"
         shutil.copytree(workspace["root"] / "results/smollm2-135m/tiny-seed0/teacher",
                         results / "smollm2-135m/tiny-seed0/teacher")
-        cache = copy_cache(workspace, tmp_path / name / "cache", parts=("answers",))
+        cache = tmp_path / name / "cache"  # the teacher's cached answers: only the judging is left to do
+        shutil.copytree(workspace["root"] / "cache" / "answers", cache / "answers")
         return ["eval", "--benchmarks", "mt_bench", "--judge", "local:teacher", "--rows", "teacher", "--limit", "2",
                 "--max-new-tokens", "8", "--judge-max-tokens", "48", "--run", "tiny-seed0",
                 "--data-dir", workspace["args"][workspace["args"].index("--data-dir") + 1],
@@ -246,16 +233,14 @@ def test_an_evaluation_killed_while_judging_resumes_to_the_same_scores(workspace
                 "--cache-dir", str(cache)]
 
     straight_args, resumed_args = setup("straight"), setup("resumed")
-    straight = subprocess.run([sys.executable, "-m", "harness.cli", *straight_args], capture_output=True, text=True,
-                              timeout=900)
+    straight = bench(straight_args)
     assert straight.returncode == 0, straight.stderr[-3000:]
     journal = tmp_path / "resumed/cache/judgments/judgments.jsonl"
     proc, err = start(resumed_args)
     kill_when(proc, err, lambda: journal.exists() and journal.read_text().count("\n") >= 1)
     n_before = journal.read_text().count("\n")
     assert n_before < 4  # killed before every judgment was made
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *resumed_args], capture_output=True, text=True,
-                          timeout=900)
+    done = bench(resumed_args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"({4 - n_before} judge calls, {n_before} cached)" in done.stderr
     result = "results/smollm2-135m/tiny-seed0/teacher/benchmarks/mt_bench"
