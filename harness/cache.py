@@ -15,6 +15,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.files import publish_dir
+
 DONE = "DONE"
 
 
@@ -65,10 +67,7 @@ class StageCache:
         try:
             yield tmp
             (tmp / DONE).write_text("")
-            if final.exists():  # a concurrent run finished the same stage first; theirs is as good as ours
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, final)
+            publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -3,8 +3,10 @@ bad line named, and the early check that a folder can be written at all."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished folder into place. Parallel processes (test workers, two runs sharing a cache) may build
+    the same content-keyed folder at once; the first rename wins and the loser's copy, equal by its key, is
+    dropped, instead of failing with "Directory not empty"."""
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json_atomic(path: Path, obj) -> None:

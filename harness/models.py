@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.cache import file_fingerprint, model_cache_dir, stable_hash
 from harness.errors import BenchError
+from harness.files import publish_dir
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def materialise(spec: ModelSpec) -> str:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+    publish_dir(tmp, target)
     return str(target)
 
 

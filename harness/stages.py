@@ -29,7 +29,7 @@ from harness.data import (
 )
 from harness.distributed import launch
 from harness.evaluate import evaluate
-from harness.files import write_json_atomic
+from harness.files import publish_dir, write_json_atomic
 from harness.generation import resumable
 from harness.log import log
 from harness.method import Runtime
@@ -231,7 +231,7 @@ class Run:
         elif checkpoint:  # cached by a budget that saves no weights, and now another method starts from them
             tmp = folder / f".checkpoint-{os.getpid()}"
             model.save_pretrained(tmp, safe_serialization=True)
-            os.replace(tmp, folder / "checkpoint")
+            publish_dir(tmp, folder / "checkpoint")
             shutil.rmtree(self.cache.partial("train", key), ignore_errors=True)  # its resume checkpoints
         return {"key": key, "folder": folder, "model": model}
 

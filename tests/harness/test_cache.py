@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.cache import DONE, StageCache, stable_hash
-from harness.files import write_json_atomic, write_text_atomic
+from harness.files import publish_dir, write_json_atomic, write_text_atomic
 
 
 def test_stable_hash_ignores_dict_key_order():
@@ -86,6 +86,32 @@ def test_build_when_another_run_finished_first_keeps_theirs(tmp_path):
         (folder / "who").write_text("second")
     assert (cache.path("eval", "k3") / "who").read_text() == "first"
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["k3"]
+
+
+def test_publish_dir_when_another_process_renamed_first_keeps_theirs(tmp_path):
+    # The race CI hit with several test workers: both built the folder, the second rename found it non-empty.
+    final, ours = tmp_path / "model", tmp_path / "model.tmp2"
+    final.mkdir()
+    (final / "who").write_text("first")
+    ours.mkdir()
+    (ours / "who").write_text("second")
+    publish_dir(ours, final)
+    assert (final / "who").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_publish_dir_moves_a_new_folder_and_raises_other_errors(tmp_path):
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "w").write_text("x")
+    publish_dir(tmp_path / "tmp", tmp_path / "final")
+    assert (tmp_path / "final" / "w").read_text() == "x" and not (tmp_path / "tmp").exists()
+    with pytest.raises(FileNotFoundError):
+        publish_dir(tmp_path / "absent", tmp_path / "other")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tmp2").mkdir()
+    with pytest.raises(OSError):  # a file in the way is not "someone else published the same folder"
+        publish_dir(tmp_path / "tmp2", tmp_path / "file")
+    assert (tmp_path / "tmp2").is_dir()
 
 
 def test_folder_without_done_marker_is_not_a_hit(tmp_path):
