@@ -207,8 +207,8 @@ CASES = {
                          ["max_steps takes an integer", "--set max_steps=1"]),
     # Before the fix: `--set seed=true` was taken as seed 1 and trained a whole run named tiny-seedTrue.
     "--set bool for an integer": (["--methods", "sft", "--set", "seed=true"], ["seed takes an integer, not bool"]),
-    "prompt as long as the sequence": (["--methods", "sft", "--set", "max_prompt_len=96"],
-                                       ["max_prompt_len (96)", "below max_seq_len (96)"]),
+    "prompt as long as the sequence": (["--methods", "sft", "--set", "max_prompt_len=64"],
+                                       ["max_prompt_len (64)", "below max_seq_len (64)"]),
     "too few examples for one step": (["--methods", "sft", "--budget", "smoke", "--set", "train_examples=2"],
                                       ["2 training examples cannot fill one optimizer step", "batch_size 4"]),
     "more examples than the data has": (["--methods", "sft", "--set", "train_examples=5000"],
