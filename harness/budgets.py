@@ -102,7 +102,7 @@ register_budget("tiny", Budget(
     name="tiny",
     description="Tests: a handful of steps on short sequences; finishes in a minute or two on 2 CPU cores.",
     train_examples=8, max_seq_len=64, max_prompt_len=32, batch_size=2, grad_accum=2, max_steps=2,
-    learning_rate=1e-4, warmup_ratio=0.0, gen_max_new_tokens=12, eval_examples=8, gen_eval_examples=2,
+    learning_rate=1e-4, warmup_ratio=0.0, gen_max_new_tokens=12, eval_examples=4, gen_eval_examples=2,
     teacher_top_k=20, samples_per_prompt=3, save_checkpoints=False,
 ))
 

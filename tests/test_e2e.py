@@ -89,7 +89,7 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
     assert recs["student-init"]["metrics"]["nll_chosen"]["value"] > recs["teacher"]["metrics"]["nll_chosen"]["value"] + 0.5
     # Data provenance and truncation are recorded.
     data = recs["sft"]["data"]
-    assert data["train_rows"] == 8 and data["test_rows"] == 8
+    assert data["train_rows"] == 8 and data["test_rows"] == 4
     assert sum(data["truncation"]["train"].values()) > 0
 
 

@@ -71,7 +71,7 @@ def test_a_method_signal_follows_the_student_it_starts_from(smoke_run):
 
 
 # The tiny budget as it was when these keys were pinned (its sequences have been shorter since, to speed the suite).
-BUDGET = get_budget("tiny").with_overrides(max_seq_len=96, max_prompt_len=48)
+BUDGET = get_budget("tiny").with_overrides(max_seq_len=96, max_prompt_len=48, eval_examples=8)
 STUDENT = ModelSpec("org/student").identity()
 TEACHER = ModelSpec("org/teacher").identity()
 
