@@ -70,7 +70,8 @@ def test_a_method_signal_follows_the_student_it_starts_from(smoke_run):
         r.signal_key("adpa_advantage", "train", r.methods["adpa_plus"])
 
 
-# The tiny budget as it was when these keys were pinned (its sequences have been shorter since, to speed the suite).
+# The tiny budget as it was when these keys were pinned (its sequences and held-out rows were cut since, to speed
+# the suite).
 BUDGET = get_budget("tiny").with_overrides(max_seq_len=96, max_prompt_len=48, eval_examples=8)
 STUDENT = ModelSpec("org/student").identity()
 TEACHER = ModelSpec("org/teacher").identity()
