@@ -233,7 +233,8 @@ def row_answers(opts: EvalOptions, pair, row: str, record: dict, benchmark: str,
     GenerationBackend that $BENCH_GENERATION_BACKEND picks; otherwise it is always the HF model. A killed run
     resumes its generation from the batches journalled so far."""
 
-    from harness.generation import backend_key, choose_engine, resumable
+    from harness.generation import backend_key, choose_engine
+    from harness.journal import resumable
     from harness.models import load_tokenizer
 
     engine = choose_engine(has_model_path=True) if any_backend else "hf"

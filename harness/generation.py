@@ -5,27 +5,22 @@ memory; ``VLLMBackend`` runs vLLM on a model folder (much faster on a GPU, other
 ``identity()`` enters the cache keys of stages that store generated text). ``select_backend`` picks one from
 ``$BENCH_GENERATION_BACKEND`` (auto | hf | vllm).
 
-Under ``resumable(folder)`` every batch's outputs are journalled to ``folder/generation.jsonl`` as soon as they
-exist, so a run killed in the middle of sampling resumes from the batch it was on.
+Under ``resumable(folder)`` (harness/journal.py) every batch's outputs are journalled as soon as they exist, so
+a run killed in the middle of sampling resumes from the batch it was on.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import importlib.util
-import json
 import os
-from collections.abc import Callable
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.cache import stable_hash
 from harness.data import prompt_ids
 from harness.errors import BenchError
+from harness.journal import journalled, unjournalled
 
 BACKEND_ENV = "BENCH_GENERATION_BACKEND"
 PREFERENCES = ("auto", "hf", "vllm")
@@ -34,92 +29,6 @@ VLLM_INSTALL_HINT = "pip install 'bench[vllm]'"
 
 def cut_at_eos(new: list[int], eos_id: int) -> list[int]:
     return new[: new.index(eos_id) + 1] if eos_id in new else new
-
-
-# ---------------------------------------------------------------- the resumable journal
-
-
-class Journal:
-    """Batches' outputs by key, appended one JSON line per batch, each line flushed and fsynced."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries: dict[str, list[list[int]]] = {}
-        self.reused = 0
-        self._file = None
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # cannot happen through append(); a line damaged on disk is regenerated
-            if isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("outputs"), list):
-                self.entries[row["key"]] = row["outputs"]
-        if end < len(data):
-            # A kill mid-write leaves half a line; the next line appended after it would be unreadable too.
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-
-    def lookup(self, key: str) -> list[list[int]] | None:
-        outputs = self.entries.get(key)
-        if outputs is None:
-            return None
-        self.reused += 1
-        return [list(o) for o in outputs]  # a copy: callers may edit their answers
-
-    def append(self, key: str, outputs: list[list[int]]) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps({"key": key, "outputs": outputs}, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.entries[key] = outputs
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-# A context variable, not a parameter: sampling happens deep inside signal and benchmark code, and only the
-# pipeline, which owns the stage's folder, knows where the journal belongs.
-_JOURNAL: contextvars.ContextVar[Journal | None] = contextvars.ContextVar("generation_journal", default=None)
-
-
-@contextmanager
-def resumable(folder: Path):
-    """Journal every generation batch run inside this block to ``folder/generation.jsonl`` and reuse the batches
-    already there. The journal's keys name prompts and decoding settings, not the model: give each stage (one
-    model's generations) its own folder, e.g. ``StageCache.partial(stage, key)``."""
-    journal = Journal(Path(folder) / "generation.jsonl")
-    token = _JOURNAL.set(journal)
-    try:
-        yield journal
-    finally:
-        _JOURNAL.reset(token)
-        journal.close()
-
-
-def journalled(engine: str, prompts: list[list[int]], settings: dict,
-               make: Callable[[], list[list[int]]]) -> list[list[int]]:
-    """``make()``'s outputs for this batch, from the active journal when it has them (and recorded there when
-    not); without a journal, just ``make()``."""
-    journal = _JOURNAL.get()
-    if journal is None:
-        return make()
-    key = stable_hash({"engine": engine, "prompts": prompts, **settings}, 32)
-    outputs = journal.lookup(key)
-    if outputs is None:
-        outputs = make()
-        journal.append(key, outputs)
-    return outputs
 
 
 # ---------------------------------------------------------------- backends
@@ -383,13 +292,10 @@ def resample(model, seqs, runtime, *, temperature: float, seed: int):
     # Always HF on the live student: vLLM would hold its own copy of the weights, stale after every optimizer
     # step unless synced into the engine each time. Not journalled either: the answers depend on weights that
     # change from step to step, which the journal's keys do not name.
-    token = _JOURNAL.set(None)
-    try:
+    with unjournalled():
         outs = HFBackend(model, batch_size=len(prompts)).generate(
             prompts, max_new_tokens=runtime.max_new_tokens, pad_id=runtime.pad_id, eos_id=runtime.eos_id,
             do_sample=True, temperature=temperature, seed=seed)
-    finally:
-        _JOURNAL.reset(token)
     generated = sum(len(o) for o in outs)
     outs = [o[: runtime.max_seq_len - len(p)] or [runtime.eos_id] for o, p in zip(outs, prompts)]
     return with_responses(seqs, outs, runtime.pad_id), generated

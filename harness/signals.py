@@ -29,6 +29,7 @@ from harness.batch import IGNORE, Sequences, collate, pad_sequences, with_respon
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.generation import backend_key, choose_engine, select_backend
+from harness.journal import saved_batch, seqs_key
 from harness.keys import teacher_key
 from harness.losses import sequence_logps
 from harness.models import count_parameters, folder_parameters
@@ -105,17 +106,26 @@ def compute_topk(model, rows: list[Encoded], side: str, k: int, pad_id: int, voc
     return sink.close(), tokens
 
 
+def _summed_logps(model, seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed response log-prob under ``model`` and its response length."""
+    logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+    return sequence_logps(logits[:, :-1].float(), seqs)
+
+
+def _mean_logps(model, seqs: Sequences) -> list[float]:
+    total, count = _summed_logps(model, seqs)
+    return (total / count.clamp(min=1)).tolist()
+
+
 @torch.no_grad()
 def compute_sequence_logps(model, rows: list[Encoded], pad_id: int, desc: str) -> tuple[dict, int]:
     out, tokens = [], 0
     device = next(model.parameters()).device
     for batch in tqdm(list(_batches(rows, pad_id)), desc=desc, unit="batch", leave=False):
-        pair = []
-        for seqs in (batch.chosen.to(device), batch.rejected.to(device)):
-            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
-            tokens += seqs.n_tokens
-            pair.append(sequence_logps(logits[:, :-1].float(), seqs)[0].cpu())
-        out.append(torch.stack(pair, dim=-1))
+        sides = (batch.chosen, batch.rejected)
+        out.append(saved_batch(f"sequence logps: {desc}", [seqs_key(s) for s in sides], lambda sides=sides: torch.stack(
+            [_summed_logps(model, s.to(device))[0].cpu() for s in sides], dim=-1)))
+        tokens += sum(s.n_tokens for s in sides)
     return {"logps": torch.cat(out)}, tokens
 
 
@@ -205,11 +215,9 @@ def mean_logps(model, tokenizer, pairs: list[tuple[list[dict], str]], max_prompt
     scores, tokens = [], 0
     for start in tqdm(range(0, len(encoded), SIGNAL_BATCH), desc=desc, unit="batch", leave=False):
         chunk = encoded[start:start + SIGNAL_BATCH]
-        seqs = pad_sequences([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id).to(device)
-        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+        seqs = pad_sequences([p for p, _ in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
+        scores += saved_batch(f"mean logps: {desc}", chunk, lambda seqs=seqs: _mean_logps(model, seqs.to(device)))
         tokens += seqs.n_tokens
-        total, count = sequence_logps(logits[:, :-1].float(), seqs)
-        scores += (total / count.clamp(min=1)).tolist()
     return scores, tokens
 
 

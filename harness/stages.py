@@ -30,7 +30,7 @@ from harness.data import (
 from harness.distributed import launch
 from harness.evaluate import evaluate
 from harness.files import publish_dir, write_json_atomic
-from harness.generation import resumable
+from harness.journal import resumable
 from harness.log import log
 from harness.method import Runtime
 from harness.models import count_parameters, load_model, load_model_from, load_tokenizer, materialise

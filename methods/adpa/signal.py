@@ -12,12 +12,34 @@ from tqdm.auto import tqdm
 
 from harness.batch import IGNORE, pad_sequences, with_responses
 from harness.files import write_json_atomic
+from harness.journal import saved_batch, seqs_key
 from harness.keys import teacher_dpo_key
 from harness.log import log
 from harness.models import count_parameters, load_model, load_model_from
 from harness.signal_api import Signal, register_signal, save_signal
 from harness.signals import SIGNAL_BATCH, compute_sequence_logps, model_drift, pack, place_rows, unpack
 from harness.trainer import train
+
+
+@torch.no_grad()
+def _teacher_logps(dpo, ref, seqs, k: int, vocab_limit: int) -> dict[str, list[torch.Tensor]]:
+    """One batch's per-row ADPA fields: the DPO teacher's top-k ids and log-probs at each answer position, the
+    reference's log-probs of those ids, and whether each is in the reference's own top-k."""
+    mask = seqs.labels[:, 1:] != IGNORE
+    logps = []
+    for model in (dpo, ref):
+        logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
+        logps.append(torch.log_softmax(logits[:, :-1].float(), dim=-1))
+    fields = {"topk_ids": [], "dpo_logps": [], "ref_logps": [], "ref_in_topk": []}
+    for b in range(seqs.input_ids.shape[0]):
+        d, r = (lp[b][mask[b]][:, :vocab_limit] for lp in logps)
+        top_v, top_i = d.topk(min(k, vocab_limit), dim=-1)
+        ref_top = r.topk(min(k, vocab_limit), dim=-1).indices
+        fields["topk_ids"].append(top_i.to(torch.int32).cpu())
+        fields["dpo_logps"].append(top_v.cpu())
+        fields["ref_logps"].append(r.gather(-1, top_i).cpu())
+        fields["ref_in_topk"].append((top_i.unsqueeze(-1) == ref_top.unsqueeze(-2)).any(-1).to(torch.uint8).cpu())
+    return fields
 
 
 @torch.no_grad()
@@ -39,21 +61,13 @@ def compute_advantage(student, dpo, ref, rows, k: int, vocab_limit: int, pad_id:
     forwarded = 0
     for start in tqdm(range(0, len(rows), SIGNAL_BATCH), desc=f"{desc}: teacher log-probs", unit="batch", leave=False):
         chunk = slice(start, start + SIGNAL_BATCH)
-        seqs = pad_sequences(prompts[chunk], responses[chunk], pad_id).to(device)
-        mask = seqs.labels[:, 1:] != IGNORE
-        logps = []
-        for model in (dpo, ref):
-            logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, use_cache=False).logits
-            logps.append(torch.log_softmax(logits[:, :-1].float(), dim=-1))
+        seqs = pad_sequences(prompts[chunk], responses[chunk], pad_id)
+        inputs = {**seqs_key(seqs), "k": k, "vocab_limit": vocab_limit}
+        per_row = saved_batch(f"adpa teacher log-probs: {desc}", inputs,
+                              lambda seqs=seqs: _teacher_logps(dpo, ref, seqs.to(device), k, vocab_limit))
         forwarded += seqs.n_tokens
-        for b in range(seqs.input_ids.shape[0]):
-            d, r = (lp[b][mask[b]][:, :vocab_limit] for lp in logps)
-            top_v, top_i = d.topk(min(k, vocab_limit), dim=-1)
-            ref_top = r.topk(min(k, vocab_limit), dim=-1).indices
-            fields["topk_ids"].append(top_i.to(torch.int32).cpu())
-            fields["dpo_logps"].append(top_v.cpu())
-            fields["ref_logps"].append(r.gather(-1, top_i).cpu())
-            fields["ref_in_topk"].append((top_i.unsqueeze(-1) == ref_top.unsqueeze(-2)).any(-1).to(torch.uint8).cpu())
+        for name, parts in fields.items():
+            parts += per_row[name]
     data = {**pack(responses), **{name: torch.cat(parts) for name, parts in fields.items()}}
     return data, {"generated_tokens": sum(len(o) for o in outs), "forward_tokens_per_model": forwarded}
 

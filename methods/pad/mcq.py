@@ -23,6 +23,7 @@ import torch
 from jinja2.exceptions import TemplateError
 from tqdm.auto import tqdm
 
+from harness.journal import saved_batch
 from harness.signals import SIGNAL_BATCH
 
 PAD_COMMIT = "89f2a9104ebfdab1b821f2d86240d422b7ec5393"
@@ -134,6 +135,16 @@ def _cut(tokenizer, text: str) -> str:
 
 
 @torch.no_grad()
+def _next_token_top(model, ids, mask, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MCQ_TOP most likely next tokens after each left-padded query, with their log-probs."""
+    # Only the next token after each query is read, so the LM head runs on the last position alone: on these
+    # long queries the head over every position was a fifth of the teacher's work and a [B, T, vocab] tensor.
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                   logits_to_keep=1).logits[:, -1]
+    top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
+    return top.values.cpu(), top.indices.cpu()
+
+
 def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[str]], max_prompt_len: int,
                 desc: str, template: McqTemplate | None = None) -> tuple[list[list[float]], int]:
     """The teacher's multiple-choice preference score of every answer against the other answers to its prompt."""
@@ -155,19 +166,16 @@ def teacher_mcq(model, tokenizer, instructions: list[str], answers: list[list[st
         for row, q in enumerate(chunk):  # left padding: the next token follows every prompt's last position
             ids[row, length - len(q[3]):] = torch.tensor(q[3])
             mask[row, length - len(q[3]):] = 1
-        # Only the next token after each query is read, so the LM head runs on the last position alone: on these
-        # long queries the head over every position was a fifth of the teacher's work and a [B, T, vocab] tensor.
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                       logits_to_keep=1).logits[:, -1]
+        top_values, top_ids = saved_batch(f"mcq: {desc}", [q[3] for q in chunk],
+                                          lambda ids=ids, mask=mask: _next_token_top(model, ids, mask, device))
         tokens += int(mask.sum())
-        top = torch.log_softmax(logits.float(), dim=-1).topk(MCQ_TOP, dim=-1)
         for row, (e, i, j, _) in enumerate(chunk):
-            t_ids = top.indices[row].tolist()
+            t_ids = top_ids[row].tolist()
             for t in t_ids:
                 if t not in vocab_text:
                     vocab_text[t] = tokenizer.decode([t])
             texts = [vocab_text[t] for t in t_ids]
-            lps = top.values[row].tolist()
+            lps = top_values[row].tolist()
             pairwise[e][(i, j)] = (letter_prob(lps, texts, "A"), letter_prob(lps, texts, "B"))
     return [mcq_scores(pw, len(a)) for pw, a in zip(pairwise, answers)], tokens
 

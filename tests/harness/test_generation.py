@@ -24,11 +24,11 @@ from harness.generation import (
     decide_engine,
     generate_ids,
     resample,
-    resumable,
     select_backend,
     vllm_installed,
     vllm_sampling_kwargs,
 )
+from harness.journal import resumable
 from harness.method import Runtime
 from tests.methods.helpers import single_thread
 

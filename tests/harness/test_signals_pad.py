@@ -14,6 +14,7 @@ import torch
 
 from harness.batch import Batch, collate, pad_sequences
 from harness.data import Encoded
+from harness.journal import resumable
 from harness.signals import collate_signals, pack
 from methods.pad.mcq import MCQ_EPS, MCQ_TOP, letter_prob, mcq_scores, most_different, teacher_mcq
 from methods.pad.mcq import OWN_TEMPLATE as MCQ_TEMPLATE
@@ -343,3 +344,17 @@ def test_the_released_template_is_read_from_the_data_folder_and_filled_as_the_co
     text = smollm2_tokenizer.decode(ids)
     assert "Pick the best of (A, or B)." in text and text.index("Pick the best") < text.index("Q: Name a city.")
     assert template.digest != McqTemplate("ours").digest  # the template enters the signal's cache key
+
+
+def test_teacher_mcq_replays_saved_batches_after_a_kill(mcq_run, smollm2_tokenizer, tmp_path):
+    _, scores, tokens = mcq_run
+    with resumable(tmp_path):
+        teacher_mcq(LetterTeacher(smollm2_tokenizer), smollm2_tokenizer, INSTRUCTIONS, ANSWERS, 64, "test")
+    saved = sorted((tmp_path / "batches").glob("*.pt"))
+    assert len(saved) == 2
+    saved[1].unlink()  # one batch lost, as when killed before it was saved (files are named by key, not order)
+    model = LetterTeacher(smollm2_tokenizer)
+    with resumable(tmp_path) as journal:
+        again, again_tokens = teacher_mcq(model, smollm2_tokenizer, INSTRUCTIONS, ANSWERS, 64, "test")
+    assert journal.reused == 1 and len(model.calls) == 1  # only the missing batch
+    assert again == scores and again_tokens == tokens  # the same floats, not approximately

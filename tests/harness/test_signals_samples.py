@@ -11,6 +11,7 @@ import torch
 
 from harness.data import Encoded, PreferenceExample, prompt_ids, response_ids
 from harness.generation import GenerationBackend
+from harness.journal import resumable
 from harness.signals import compute_samples, mean_logps, unpack
 
 
@@ -74,3 +75,22 @@ def test_teacher_scores_leave_the_end_of_turn_out_of_cut_answers(smollm2_tokeniz
     z = math.log(math.exp(5.0) + vocab - 1)
     assert scores[1] == pytest.approx(-z, abs=1e-4)  # the cut answer: its text tokens only
     assert scores[0] == pytest.approx((n * -z + 5.0 - z) / (n + 1), abs=1e-4)
+
+
+def test_teacher_scores_are_replayed_from_saved_batches(smollm2_tokenizer, tmp_path):
+    tok = smollm2_tokenizer
+    pairs = [(ex.messages, f"A fox ran {i} times") for i, ex in enumerate(examples(10))]
+    plain = mean_logps(Favours(len(tok), 7), tok, pairs, 48, 200, "t")
+    with resumable(tmp_path):
+        assert mean_logps(Favours(len(tok), 7), tok, pairs, 48, 200, "t") == plain
+    assert len(list((tmp_path / "batches").glob("*.pt"))) == 2  # ten pairs, eight per batch
+
+    class Refuses(Favours):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the teacher was called for a saved batch")
+
+    with resumable(tmp_path) as journal:
+        assert mean_logps(Refuses(len(tok), 7), tok, pairs, 48, 200, "t") == plain
+    assert journal.reused == 2
+    with resumable(tmp_path), pytest.raises(AssertionError):  # another pass over the same pairs is not a replay
+        mean_logps(Refuses(len(tok), 7), tok, pairs, 48, 200, "other pass")
