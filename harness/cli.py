@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
+from harness.cache_admin import cache as cache_group
 from harness.errors import BenchError
-from harness.lock import results_lock
+from harness.lock import cache_users, results_lock
 
 
 def _command() -> str:
@@ -237,7 +238,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, re
         check_benchmarks(eval_opts, bench_names)
     failure = None
     check_writable(results_dir)  # before the lock, which creates its file there
-    with results_lock(results_dir, opts.command):
+    with results_lock(results_dir, opts.command), cache_users(opts.cache_dir):
         try:
             run_dir = run_pipeline(opts)
         except MethodsFailed as e:  # the methods that finished still get scored and onto the leaderboard
@@ -381,12 +382,14 @@ def eval_command(benchmarks, pair, run_name, rows, seed, data_dir, results_dir, 
 
     for folder in (leaderboard_dir, results_dir):  # before any answer is generated; the lock writes a file too
         check_writable(folder)
-    with results_lock(results_dir, _command()):
+    with results_lock(results_dir, _command()), cache_users(opts.cache_dir):
         for name, path in run_benchmarks(opts, names):
             click.echo(f"{name}: {path}")
         written = regenerate(results_dir, leaderboard_dir)
     _echo_leaderboards(written)
 
+
+main.add_command(cache_group)
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import BenchError
+from harness.log import log
 
 LOCK_NAME = ".bench.lock"
 
@@ -60,3 +61,40 @@ def _read_holder(fd: int) -> str:
         return "holder unknown"
     command = f", running `{info['command']}`" if info.get("command") else ""
     return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}{command}"
+
+
+CACHE_LOCK_NAME = ".bench-cache.lock"
+
+
+@contextmanager
+def cache_users(cache_dir: Path):
+    """Mark the stage cache as in use for the block (a shared lock: any number of runs at once), so that
+    `bench cache prune` never deletes a folder a live run is building or resuming from."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / CACHE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a prune holds it; it takes seconds
+            log.info(f"waiting for `bench cache prune` to finish with {cache_dir}")
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def cache_alone(cache_dir: Path):
+    """Hold the stage cache with no bench run using it, or fail at once saying so."""
+    cache_dir = Path(cache_dir)
+    fd = os.open(cache_dir / CACHE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"The stage cache {cache_dir} is in use by a running bench command (run or eval). "
+                              "Prune it when that command has finished. Nothing was removed.") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,145 @@
+"""`bench cache list` and `bench cache prune`: what the stage cache holds, and removing what a killed run left.
+
+A stage is built in ``<stage>/.tmp-<key>-<id>/`` and renamed into place (harness/cache.py), a converted model in
+``models/<name>.tmp<pid>/``; a run killed with SIGKILL cannot remove its temporary folder, and nothing else ever
+reads it. ``.partial-<key>/`` folders hold a stopped stage's work in progress (training checkpoints, journalled
+answers and teacher batches): the same command resumes from them, so they are removed only when asked. Pruning
+takes the cache's exclusive lock, which every `bench run` and `bench eval` holds shared while it runs, so a folder
+a live run is writing is never deleted. (A model cache moved out of the stage cache with $BENCH_MODEL_CACHE is
+not covered.)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from harness.cache import DONE, default_cache_dir
+from harness.lock import CACHE_LOCK_NAME, cache_alone
+
+_MODEL_TMP = re.compile(r".+\.tmp\d+$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    stage: str
+    kind: str  # "done" (a finished stage), "partial" (resumable work in progress) or "abandoned" (a killed build)
+    path: Path
+    bytes: int
+    modified: float  # the newest file's mtime, seconds since the epoch
+
+
+def _size_and_mtime(path: Path) -> tuple[int, float]:
+    total, newest = 0, path.stat().st_mtime
+    for f in path.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            total += st.st_size
+            newest = max(newest, st.st_mtime)
+    return total, newest
+
+
+def _kind(stage: str, folder: Path) -> str | None:
+    name = folder.name
+    if name.startswith(".tmp-") or (stage == "models" and _MODEL_TMP.fullmatch(name)):
+        return "abandoned"
+    if name.startswith(".partial-"):
+        return "partial"
+    if (folder / DONE).exists() or (stage == "models" and (folder / "config.json").exists()):
+        return "done"
+    return None  # not ours (or an older layout): listed nowhere, never removed
+
+
+def scan(root: Path) -> list[Entry]:
+    """Every finished stage, work in progress and abandoned build folder under the cache ``root``."""
+    entries = []
+    root = Path(root)
+    for folder in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else ():
+        stage = folder.name
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            kind = _kind(stage, sub)
+            if kind is not None:
+                entries.append(Entry(stage, kind, sub, *_size_and_mtime(sub)))
+    return entries
+
+
+def prune(root: Path, *, partials: bool = False, dry_run: bool = False) -> list[Entry]:
+    """Remove abandoned build folders (and with ``partials``, stopped work in progress); returns what was (or,
+    with ``dry_run``, would be) removed. Fails without removing anything while a bench run uses the cache."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    kinds = {"abandoned", "partial"} if partials else {"abandoned"}
+    with cache_alone(root):
+        chosen = [e for e in scan(root) if e.kind in kinds]
+        if not dry_run:
+            for e in chosen:
+                shutil.rmtree(e.path)
+    return chosen
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _age(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} d"
+
+
+# ---------------------------------------------------------------- the commands
+
+_CACHE_DIR = click.option("--cache-dir", envvar="BENCH_CACHE_DIR", default=None, type=click.Path(path_type=Path),
+                          help="Stage cache (env BENCH_CACHE_DIR; default ~/.cache/bench).")
+
+
+@click.group()
+def cache():
+    """Inspect the stage cache and remove what killed runs left in it."""
+
+
+@cache.command("list")
+@_CACHE_DIR
+def list_command(cache_dir):
+    """Each stage's finished outputs, work in progress and abandoned build folders, with their sizes."""
+    root = cache_dir or default_cache_dir()
+    entries = scan(root)
+    if not entries:
+        click.echo(f"{root}: empty")
+        return
+    click.echo(f"{root}  (lock file {CACHE_LOCK_NAME})")
+    click.echo(f"{'stage':12s} {'finished':>16s} {'in progress':>16s} {'abandoned':>16s}")
+    for stage in dict.fromkeys(e.stage for e in entries):
+        cells = []
+        for kind in ("done", "partial", "abandoned"):
+            of = [e for e in entries if e.stage == stage and e.kind == kind]
+            cells.append(f"{len(of)} ({human(sum(e.bytes for e in of))})" if of else "-")
+        click.echo(f"{stage:12s} " + " ".join(f"{c:>16s}" for c in cells))
+    now = time.time()
+    for e in entries:
+        if e.kind != "done":
+            click.echo(f"  {e.kind:9s} {human(e.bytes):>10s}  last written {_age(now - e.modified)} ago  {e.path}")
+
+
+@cache.command("prune")
+@_CACHE_DIR
+@click.option("--partials", is_flag=True, help="Also remove stopped work in progress (checkpoints, journals): "
+                                                "the next run of that stage starts over.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+def prune_command(cache_dir, partials, dry_run):
+    """Remove build folders that killed runs left behind (never a finished stage)."""
+    root = cache_dir or default_cache_dir()
+    removed = prune(root, partials=partials, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for e in removed:
+        click.echo(f"{verb} {e.kind} {human(e.bytes)}  {e.path}")
+    click.echo(f"{verb} {len(removed)} folder(s), {human(sum(e.bytes for e in removed))}")
