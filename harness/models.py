@@ -6,6 +6,7 @@ stage output only when they used the same weights.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -95,6 +96,18 @@ def materialise(spec: ModelSpec) -> str:
     target = model_cache_dir() / f"{_slug(spec.source)}-{stable_hash(spec.identity(), 12)}"
     if (target / "config.json").exists():
         return str(target)
+    # Processes that start together on an empty cache (test workers, several runs) convert once: the others
+    # wait for the first and then read its copy.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return str(target)
+        _convert(spec, target)
+    return str(target)
+
+
+def _convert(spec: ModelSpec, target: Path) -> None:
     if spec.drop_layers is not None:
         base = materialise(ModelSpec(spec.source, revision=spec.revision))
         model, tokenizer = _load_raw(ModelSpec(base, revision=None if os.path.isdir(base) else spec.revision))
@@ -105,7 +118,6 @@ def materialise(spec: ModelSpec) -> str:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     publish_dir(tmp, target)
-    return str(target)
 
 
 def _slug(source: str) -> str:
