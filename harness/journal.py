@@ -1,6 +1,6 @@
 """Work in progress that survives a kill: under ``resumable(folder)`` every generation batch's outputs are
 journalled to ``folder/generation.jsonl`` (``journalled``) and every scoring batch's outputs (a teacher's
-log-probs, top-k, MCQ scores) saved to ``folder/batches/<key>.pt`` (``saved_batch``) as soon as they exist, so a
+log-probs, top-k, MCQ scores) saved to ``folder/batches/<key>.safetensors`` (``saved_batch``) as soon as they exist, so a
 signal or evaluation killed after hours resumes from the batch it was on. Keys name a batch's inputs and
 settings, not the model: give each stage (one model's work) its own folder, e.g. ``StageCache.partial``."""
 
@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from harness.cache import stable_hash
 
@@ -115,26 +117,63 @@ def journalled(engine: str, prompts: list[list[int]], settings: dict,
 def saved_batch(kind: str, inputs, make: Callable[[], object]):
     """``make()``'s result for one batch of a forward pass, loaded from the active journal's folder when an
     earlier (killed) run saved it there, else computed and saved; without a journal, just ``make()``.
-    ``kind`` names the pass and the model's role in it (e.g. "pad teacher mean logps"), ``inputs`` everything
-    the result depends on besides the model (token ids, settings). Results are torch-saved (tensors, lists,
-    numbers), so a replayed batch is bit-identical to the computed one."""
+    ``kind`` names the pass and the model's role in it (e.g. "mean logps: <desc>"), ``inputs`` everything the
+    result depends on besides the model (token ids, settings). A result is tensors, numbers and strings in lists,
+    tuples and dicts; it is stored as safetensors (never a pickle) with its shape as JSON in the metadata, so a
+    replayed batch is bit-identical to the computed one."""
     journal = _JOURNAL.get()
     if journal is None:
         return make()
-    path = journal.path.parent / "batches" / f"{stable_hash({'kind': kind, 'inputs': inputs}, 32)}.pt"
+    path = journal.path.parent / "batches" / f"{stable_hash({'kind': kind, 'inputs': inputs}, 32)}.safetensors"
     if path.exists():
         try:
-            result = torch.load(path, weights_only=True)
+            result = _load(path)
             journal.reused += 1
             return result
         except Exception:  # noqa: BLE001 - a file damaged on disk is recomputed (saves are atomic; cannot happen)
             pass
     result = make()
+    tensors: dict[str, torch.Tensor] = {}
+    layout = json.dumps(_flatten(result, tensors))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(result, tmp)
+    save_file(tensors, tmp, metadata={"layout": layout})
     os.replace(tmp, path)
     return result
+
+
+def _flatten(obj, tensors: dict):
+    """``obj`` as JSON with each tensor replaced by its name in ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = obj.detach().cpu().contiguous().clone()  # safetensors refuses views of one storage
+        return {"tensor": name}
+    if isinstance(obj, (list, tuple)):
+        return {type(obj).__name__: [_flatten(x, tensors) for x in obj]}
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return {"dict": {k: _flatten(v, tensors) for k, v in obj.items()}}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"saved_batch cannot store a {type(obj).__name__}")
+
+
+def _unflatten(layout, tensors: dict):
+    (tag, body), = layout.items()
+    if tag == "tensor":
+        return tensors[body]
+    if tag in ("list", "tuple"):
+        items = [_unflatten(x, tensors) for x in body]
+        return items if tag == "list" else tuple(items)
+    if tag == "dict":
+        return {k: _unflatten(v, tensors) for k, v in body.items()}
+    return body
+
+
+def _load(path: Path):
+    with safe_open(path, framework="pt") as f:
+        layout = json.loads(f.metadata()["layout"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    return _unflatten(layout, tensors)
 
 
 def seqs_key(seqs) -> dict:

@@ -350,7 +350,7 @@ def test_teacher_mcq_replays_saved_batches_after_a_kill(mcq_run, smollm2_tokeniz
     _, scores, tokens = mcq_run
     with resumable(tmp_path):
         teacher_mcq(LetterTeacher(smollm2_tokenizer), smollm2_tokenizer, INSTRUCTIONS, ANSWERS, 64, "test")
-    saved = sorted((tmp_path / "batches").glob("*.pt"))
+    saved = sorted((tmp_path / "batches").glob("*.safetensors"))
     assert len(saved) == 2
     saved[1].unlink()  # one batch lost, as when killed before it was saved (files are named by key, not order)
     model = LetterTeacher(smollm2_tokenizer)

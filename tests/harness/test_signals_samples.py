@@ -83,7 +83,7 @@ def test_teacher_scores_are_replayed_from_saved_batches(smollm2_tokenizer, tmp_p
     plain = mean_logps(Favours(len(tok), 7), tok, pairs, 48, 200, "t")
     with resumable(tmp_path):
         assert mean_logps(Favours(len(tok), 7), tok, pairs, 48, 200, "t") == plain
-    assert len(list((tmp_path / "batches").glob("*.pt"))) == 2  # ten pairs, eight per batch
+    assert len(list((tmp_path / "batches").glob("*.safetensors"))) == 2  # ten pairs, eight per batch
 
     class Refuses(Favours):
         def forward(self, *args, **kwargs):
