@@ -144,7 +144,9 @@ def differences_table(scope: str, part: pd.DataFrame, records: list[dict], notes
     explain = ("Each cell is the row minus the column's best trained method, averaged over the questions (held-out "
                "rows for the offline metrics) both answered, with a 95% paired bootstrap interval over those "
                f"questions ({N_BOOT} resamples). \\* the interval excludes 0: a difference beyond resampling "
-               "noise over questions (not over training seeds). Where methods tie for best, the first by name is marked."
+               "noise over questions (not over training seeds). Where methods tie for best, the first by name is marked. "
+               "NLL and KL enter as each row's token mean, so rows weigh equally; the table above weighs rows by "
+               "their tokens, so a difference here need not equal the difference of the two values there."
                + (" Arena-Hard here is the share of weighted battles won, the per-question quantity behind its "
                   "score." if any(c["id"].startswith("arena_hard") for c in columns) else ""))
     return table_model(scope, "differences", "Paired differences from the best method", header, body,
