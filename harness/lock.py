@@ -31,8 +31,7 @@ def results_lock(results_dir: Path, command: str = ""):
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(path) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -48,8 +47,16 @@ def results_lock(results_dir: Path, command: str = ""):
             yield path
         finally:
             os.ftruncate(fd, 0)  # an unheld lock names nobody (and leaves the folder's files as they were)
+
+
+@contextmanager
+def _lock_file(path: Path):
+    """An open descriptor of the lock file at ``path`` (created if missing); closing it releases any flock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        yield fd
     finally:
-        os.close(fd)  # releases the lock
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> str:
@@ -72,29 +79,23 @@ def cache_users(cache_dir: Path):
     `bench cache prune` never deletes a folder a live run is building or resuming from."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache_dir / CACHE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(cache_dir / CACHE_LOCK_NAME) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:  # a prune holds it; it takes seconds
             log.info(f"waiting for `bench cache prune` to finish with {cache_dir}")
             fcntl.flock(fd, fcntl.LOCK_SH)
         yield
-    finally:
-        os.close(fd)
 
 
 @contextmanager
 def cache_alone(cache_dir: Path):
     """Hold the stage cache with no bench run using it, or fail at once saying so."""
     cache_dir = Path(cache_dir)
-    fd = os.open(cache_dir / CACHE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with _lock_file(cache_dir / CACHE_LOCK_NAME) as fd:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(f"The stage cache {cache_dir} is in use by a running bench command (run or eval). "
                               "Prune it when that command has finished. Nothing was removed.") from None
         yield
-    finally:
-        os.close(fd)
