@@ -215,6 +215,8 @@ class TransformersJudge(Judge):
         summed log-probability, in the order given. The prompt is run once and its cache shared by the choices."""
         import torch
 
+        from harness.models import cache_of, continue_from
+
         with self._lock:
             model, tok = self.load()
             device = next(model.parameters()).device
@@ -228,9 +230,9 @@ class TransformersJudge(Judge):
             with torch.no_grad():
                 out = model(input_ids=torch.tensor([context], device=device), use_cache=True)
                 first = torch.log_softmax(out.logits[0, -1].float(), -1)
-                cache = out.past_key_values
+                cache = cache_of(out)
                 cache.batch_repeat_interleave(len(options))
-                rest = torch.log_softmax(model(input_ids=batch, past_key_values=cache).logits.float(), -1)
+                rest = torch.log_softmax(model(input_ids=batch, **continue_from(model, cache)).logits.float(), -1)
             scores = []
             for i, o in enumerate(options):
                 total = float(first[o[0]])

@@ -258,3 +258,16 @@ def load_model_from(folder: Path):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     model.eval()
     return model
+
+
+def continue_from(model, cache) -> dict:
+    """The forward() keyword that hands a model its key/value cache: transformers 5.x renamed
+    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40), and we support the whole 5.x line."""
+    import inspect
+
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def cache_of(output):
+    """The key/value cache a forward() returned, under either name (see ``continue_from``)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]

@@ -16,7 +16,15 @@ from harness.batch import Batch, collate, pad_sequences
 from harness.data import Encoded
 from harness.journal import resumable
 from harness.signals import collate_signals, pack
-from methods.pad.mcq import MCQ_EPS, MCQ_TOP, letter_prob, mcq_scores, most_different, teacher_mcq
+from methods.pad.mcq import (
+    MCQ_EPS,
+    MCQ_TOP,
+    letter_prob,
+    mcq_scores,
+    most_different,
+    next_token_top,
+    teacher_mcq,
+)
 from methods.pad.mcq import OWN_TEMPLATE as MCQ_TEMPLATE
 
 
@@ -87,9 +95,19 @@ def single_id(tokenizer, text):
     return ids[0]
 
 
+class PrefixCache:
+    """What the fake teacher keeps of a shared prefix: its tokens (HF keeps keys and values)."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def batch_repeat_interleave(self, n):
+        self.ids = self.ids.repeat_interleave(n, dim=0)
+
+
 class LetterTeacher(torch.nn.Module):
     """A fake causal LM: the logits at every position are the same vector, built from the two marker tokens the
-    row contains; records what it saw."""
+    row (its cached prefix, then its own tokens) contains; records what it saw."""
 
     def __init__(self, tokenizer):
         super().__init__()
@@ -100,15 +118,22 @@ class LetterTeacher(torch.nn.Module):
         self.fixed = {single_id(tokenizer, t): v for t, v in FIXED.items()}
         self.fixed.update({single_id(tokenizer, t): 7.0 for t in FILLER})
         self.fixed[single_id(tokenizer, OUTSIDE[0])] = OUTSIDE[1]
-        self.calls = []  # per forward: (input_ids, attention_mask, use_cache)
-        self.pairs = []  # per row: (marker first shown, marker second shown)
-        self.kept = []  # per forward: logits_to_keep
+        self.prefixes = []  # per prefix forward: its token ids
+        self.calls = []  # per query forward: (cached prefix ids or None, input_ids, attention_mask, position_ids)
+        self.pairs = []  # per query row: (marker first shown, marker second shown)
+        self.kept = []  # per query forward: logits_to_keep
 
-    def forward(self, input_ids, attention_mask, use_cache, logits_to_keep=0):
-        self.calls.append((input_ids.clone(), attention_mask.clone(), use_cache))
+    def forward(self, input_ids, attention_mask=None, use_cache=False, logits_to_keep=0, cache=None,
+                position_ids=None):
+        if use_cache and cache is None:  # a shared prefix: only its cache is read
+            self.prefixes.append(input_ids.clone())
+            return {"logits": torch.zeros(1, 1, self.vocab), "cache": PrefixCache(input_ids.clone())}
+        self.calls.append((None if cache is None else cache.ids.clone(), input_ids.clone(), attention_mask.clone(),
+                           position_ids.clone()))
         self.kept.append(logits_to_keep)
+        full = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)
         rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+        for ids, mask in zip(full.tolist(), attention_mask.tolist()):
             seen = [self.marker_ids[t] for t, m in zip(ids, mask) if m and t in self.marker_ids]
             first, second = dict.fromkeys(seen)  # exactly two distinct markers, in order of appearance
             self.pairs.append((first, second))
@@ -119,7 +144,7 @@ class LetterTeacher(torch.nn.Module):
             logits[self.letter["B"]] = 10.0 + MARKERS[second]
             rows.append(logits)
         last = torch.stack(rows)  # [B, V]
-        t = logits_to_keep or input_ids.shape[1]  # HF's meaning: 0 keeps every position
+        t = len(logits_to_keep) if torch.is_tensor(logits_to_keep) else logits_to_keep or input_ids.shape[1]
         return SimpleNamespace(logits=last.unsqueeze(1).expand(-1, t, -1))  # [B, t, V] without the memory
 
 
@@ -175,34 +200,74 @@ def test_teacher_mcq_asks_every_pair_once_in_fixed_order(mcq_run):
     expected = [(m[i], m[j]) for m in MARKER_OF for i, j in itertools.combinations(range(len(m)), 2)]
     assert len(expected) == 6 + 3 + 1  # n(n-1)/2 per prompt
     assert model.pairs == expected
-    assert [c[0].shape[0] for c in model.calls] == [8, 2]  # SIGNAL_BATCH rows per forward
-    assert all(c[2] is False for c in model.calls)
+    assert [c[1].shape[0] for c in model.calls] == [6, 3, 1]  # one forward per prompt, its pairs together
+    assert [p.shape[0] for p in model.prefixes] == [1, 1, 1]  # after one forward of their shared prefix
 
 
-def test_teacher_mcq_counts_the_unpadded_tokens(mcq_run, smollm2_tokenizer):
+def by_prompt(tokenizer):
+    return [[hand_query_ids(tokenizer, ins, per[i], per[j]) for i, j in itertools.combinations(range(len(per)), 2)]
+            for ins, per in zip(INSTRUCTIONS, ANSWERS)]
+
+
+def hand_shared(queries):
+    """The longest common prefix, worked out character by character on the token lists, less one token when
+    it would swallow a whole query."""
+    k = 0
+    while all(len(q) > k + 1 for q in queries) and len({q[k] for q in queries}) == 1:
+        k += 1
+    return k
+
+
+def test_teacher_mcq_forwards_each_shared_prefix_once(mcq_run, smollm2_tokenizer):
     model, _, tokens = mcq_run
-    by_hand = sum(len(hand_query_ids(smollm2_tokenizer, ins, per[i], per[j]))
-                  for ins, per in zip(INSTRUCTIONS, ANSWERS) for i, j in itertools.combinations(range(len(per)), 2))
+    prompts = by_prompt(smollm2_tokenizer)
+    shared = [hand_shared(qs) for qs in prompts]
+    assert all(k > 20 for k in shared)  # the chat header, the template's head and the instruction
+    assert shared[2] == len(prompts[2][0]) - 1  # a single query: all but its last token is "shared"
+    assert [p[0].tolist() for p in model.prefixes] == [qs[0][:k] for qs, k in zip(prompts, shared)]
+    by_hand = sum(k + sum(len(q) - k for q in qs) for qs, k in zip(prompts, shared))
     assert tokens == by_hand
-    assert tokens == sum(int(c[1].sum()) for c in model.calls)
-    assert tokens < sum(c[1].numel() for c in model.calls)  # there was padding, and it is not counted
+    assert tokens == sum(int(c[2].sum()) - int(c[2][:, :len(c[0][0])].sum()) + len(c[0][0]) for c in model.calls)
+    assert tokens < sum(len(q) for qs in prompts for q in qs)  # fewer than the queries one by one
 
 
-def test_teacher_mcq_pads_on_the_left(mcq_run, smollm2_tokenizer):
+def test_teacher_mcq_continues_every_query_after_its_prefix(mcq_run, smollm2_tokenizer):
     model, _, _ = mcq_run
     pad = smollm2_tokenizer.pad_token_id
-    queries = [hand_query_ids(smollm2_tokenizer, ins, per[i], per[j])
-               for ins, per in zip(INSTRUCTIONS, ANSWERS) for i, j in itertools.combinations(range(len(per)), 2)]
-    rows = [(ids, mask) for c in model.calls for ids, mask in zip(c[0].tolist(), c[1].tolist())]
-    assert len(rows) == len(queries)
-    assert model.kept == [1] * len(model.calls)  # the LM head asked for the last position only
     padded_rows = 0
-    for (ids, mask), query in zip(rows, queries):
-        k = len(ids) - len(query)
-        assert mask == [0] * k + [1] * len(query)  # padding first, the prompt flush against the last position
-        assert ids == [pad] * k + query
-        padded_rows += k > 0
+    for (prefix, ids, mask, positions), queries, kept in zip(model.calls, by_prompt(smollm2_tokenizer), model.kept):
+        k = prefix.shape[1]
+        lasts = set()
+        for row, query in enumerate(queries):
+            own = query[k:]
+            width = ids.shape[1]
+            assert prefix[row].tolist() + ids[row, :len(own)].tolist() == query  # the query, token for token
+            assert ids[row].tolist() == own + [pad] * (width - len(own))  # right padding after its own tokens
+            assert mask[row].tolist() == [1] * (k + len(own)) + [0] * (width - len(own))
+            assert positions[row].tolist() == list(range(k, k + width))  # where the query left off
+            lasts.add(len(own) - 1)
+            padded_rows += width > len(own)
+        assert kept.tolist() == sorted(lasts)  # the LM head ran on each query's last position alone
     assert padded_rows > 0
+
+
+@pytest.mark.parametrize("queries", [
+    [[5, 6, 7, 8, 9, 10], [5, 6, 7, 11], [5, 6, 7, 8, 12, 13, 14, 15], [5, 6, 7, 8, 9, 10, 16]],  # a shared head
+    [[5, 6, 7, 8], [9, 10, 11]],  # nothing shared: no prefix pass
+    [[5, 6, 7, 8, 9]],  # one query (two samples): all but its last token run as the prefix
+], ids=["shared", "disjoint", "single"])
+def test_next_token_top_equals_each_query_run_alone(tiny_model, queries):
+    # A real Llama: the prefix's keys and values, repeated per query, then the right-padded suffixes at the
+    # positions where the prefix ended, give each query's next-token distribution as a plain forward does.
+    values, ids, forwarded = next_token_top(tiny_model, queries, pad_id=0, device="cpu")
+    for row, q in enumerate(queries):
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([q])).logits[0, -1]
+        top = torch.log_softmax(logits, -1).topk(MCQ_TOP)
+        assert ids[row].tolist() == top.indices.tolist()
+        torch.testing.assert_close(values[row], top.values, atol=1e-5, rtol=0)
+    shared = hand_shared(queries) if len(queries) > 1 or len(queries[0]) > 1 else 0
+    assert forwarded == shared + sum(len(q) - shared for q in queries)
 
 
 # ------------------------------------------------------------------------------------------------ most_different
@@ -351,10 +416,10 @@ def test_teacher_mcq_replays_saved_batches_after_a_kill(mcq_run, smollm2_tokeniz
     with resumable(tmp_path):
         teacher_mcq(LetterTeacher(smollm2_tokenizer), smollm2_tokenizer, INSTRUCTIONS, ANSWERS, 64, "test")
     saved = sorted((tmp_path / "batches").glob("*.safetensors"))
-    assert len(saved) == 2
+    assert len(saved) == 3  # one per prompt
     saved[1].unlink()  # one batch lost, as when killed before it was saved (files are named by key, not order)
     model = LetterTeacher(smollm2_tokenizer)
     with resumable(tmp_path) as journal:
         again, again_tokens = teacher_mcq(model, smollm2_tokenizer, INSTRUCTIONS, ANSWERS, 64, "test")
-    assert journal.reused == 1 and len(model.calls) == 1  # only the missing batch
+    assert journal.reused == 2 and len(model.calls) == 1 and len(model.prefixes) == 1  # only the missing one
     assert again == scores and again_tokens == tokens  # the same floats, not approximately
