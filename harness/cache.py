@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.files import publish_dir
+from harness.lock import building
 
 DONE = "DONE"
 
@@ -65,8 +66,9 @@ class StageCache:
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True, exist_ok=False)
         try:
-            yield tmp
-            (tmp / DONE).write_text("")
+            with building(tmp):
+                yield tmp
+                (tmp / DONE).write_text("")
             publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

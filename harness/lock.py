@@ -99,3 +99,37 @@ def cache_alone(cache_dir: Path):
             raise LockedError(f"The stage cache {cache_dir} is in use by a running bench command (run or eval). "
                               "Prune it when that command has finished. Nothing was removed.") from None
         yield
+
+
+
+BUILDING = ".building"
+
+
+@contextmanager
+def building(folder: Path):
+    """Mark ``folder`` as being written by this process for the block: an exclusive lock on ``folder/.building``,
+    which the OS releases when the process dies however it dies, so `bench cache list/prune` can tell a live build
+    from one a killed run left (``is_locked``). The marker file is removed at the end, before the folder is
+    published."""
+    path = Path(folder) / BUILDING
+    with _lock_file(path) as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds a lock on the file at ``path`` (False when there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's own lock, if it took one
+    return False

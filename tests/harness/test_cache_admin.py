@@ -4,6 +4,7 @@ run holds the cache."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from harness.cache import StageCache
 from harness.cache_admin import human, prune, scan
 from harness.cli import main
-from harness.lock import LockedError, cache_users
+from harness.lock import BUILDING, LockedError, cache_users
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,8 @@ def test_nothing_is_pruned_while_a_run_uses_the_cache(cache):
     assert len(prune(cache)) == 2  # the runs have finished
 
 
-def test_the_commands(cache):
+def test_the_commands(cache, monkeypatch):
+    monkeypatch.setenv("BENCH_MODEL_CACHE", str(cache / "models"))  # the default place, inside the cache
     listed = CliRunner().invoke(main, ["cache", "list", "--cache-dir", str(cache)])
     assert listed.exit_code == 0, listed.output
     lines = listed.output.splitlines()
@@ -119,6 +121,41 @@ def test_the_commands(cache):
     with cache_users(cache):
         busy = CliRunner().invoke(main, ["cache", "prune", "--cache-dir", str(cache), "--partials"])
     assert busy.exit_code == 75 and "Nothing was removed" in busy.output
+
+
+def test_a_build_under_way_is_listed_as_building_and_never_pruned(cache):
+    with StageCache(cache).build("signals", "live") as out:
+        write(out / "generation.jsonl", 64)
+        live = [e for e in scan(cache) if e.kind == "building"]
+        assert [(e.stage, e.path) for e in live] == [("signals", out)]
+        assert out not in {e.path for e in prune(cache, partials=True)}  # not even with --partials
+        assert out.exists()
+    assert not (StageCache(cache).path("signals", "live") / BUILDING).exists()  # the marker is not published
+    assert StageCache(cache).has("signals", "live")
+
+
+def test_a_model_cache_elsewhere_is_covered_but_a_conversion_under_way_is_kept(cache, tmp_path, monkeypatch):
+    models = tmp_path / "models-elsewhere"  # $BENCH_MODEL_CACHE outside the stage cache
+    write(models / "smollm2-abc" / "config.json", 10)
+    write(models / "smollm2-abc.tmp77" / "model.safetensors", 400)  # a conversion killed
+    write(models / "other-xyz.tmp88" / "model.safetensors", 600)  # a conversion under way: its lock is held
+    assert scan(cache, cache / "models") == scan(cache)  # the default place is not listed twice
+    with open(models / "other-xyz.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as harness/models.materialise holds it while it converts
+        assert kinds(e for e in scan(cache, models) if models in e.path.parents) == [
+            ("models", "abandoned", "smollm2"), ("models", "building", "other-xyz.tmp88"),
+            ("models", "done", "smollm2-abc")]
+        removed = prune(cache, models)
+    assert sorted(e.path.name.split("-")[0] for e in removed) == [".tmp", "smollm2", "smollm2"]
+    assert (models / "other-xyz.tmp88").exists() and (models / "smollm2-abc" / "config.json").exists()
+    assert [e.path.name for e in prune(cache, models)] == ["other-xyz.tmp88"]  # its converter has let go
+
+    write(models / "third.tmp99" / "model.safetensors", 5)
+    monkeypatch.setenv("BENCH_MODEL_CACHE", str(models))
+    listed = CliRunner().invoke(main, ["cache", "list", "--cache-dir", str(cache)])
+    assert listed.exit_code == 0 and any(str(models / "third.tmp99") in line for line in listed.output.splitlines())
+    done = CliRunner().invoke(main, ["cache", "prune", "--cache-dir", str(cache)])
+    assert done.exit_code == 0 and not (models / "third.tmp99").exists(), done.output
 
 
 def test_human_sizes():
