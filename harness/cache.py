@@ -25,6 +25,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "bench"))
 
 
+def cache_root(cache_dir: Path | str | None) -> Path:
+    """The stage cache a command uses: ``--cache-dir``, else $BENCH_CACHE_DIR, else ~/.cache/bench. Converted
+    models go to its ``models/`` folder unless $BENCH_MODEL_CACHE names another; the choice is pinned in the
+    environment, so that the flag moves the models as the variable does, here and in the processes this one
+    starts (accelerate workers)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    os.environ.setdefault("BENCH_MODEL_CACHE", str(root / "models"))
+    return root
+
+
 def model_cache_dir() -> Path:
     """Converted models (de-quantised GGUF, pruned students) can live apart from stage outputs."""
     return Path(os.environ.get("BENCH_MODEL_CACHE", default_cache_dir() / "models"))

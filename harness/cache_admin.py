@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from harness.cache import DONE, default_cache_dir, model_cache_dir
+from harness.cache import DONE, cache_root, model_cache_dir
 from harness.lock import BUILDING, CACHE_LOCK_NAME, cache_alone, is_locked
 
 _MODEL_TMP = re.compile(r".+\.tmp\d+$")
@@ -121,7 +121,7 @@ def cache():
 @_CACHE_DIR
 def list_command(cache_dir):
     """Each stage's finished outputs, work in progress and abandoned build folders, with their sizes."""
-    root = cache_dir or default_cache_dir()
+    root = cache_root(cache_dir)
     entries = scan(root, model_cache_dir())
     if not entries:
         click.echo(f"{root}: empty")
@@ -147,7 +147,7 @@ def list_command(cache_dir):
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def prune_command(cache_dir, partials, dry_run):
     """Remove build folders that killed runs left behind (never a finished stage)."""
-    root = cache_dir or default_cache_dir()
+    root = cache_root(cache_dir)
     removed = prune(root, model_cache_dir(), partials=partials, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for e in removed:

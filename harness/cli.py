@@ -132,10 +132,10 @@ def _leaderboards_beside(results_dir, leaderboard_dir) -> Path:
 
 
 def _eval_opts(results_dir, cache_dir, data_dir, pair, run_name, rows, seed, kw) -> object:
-    from harness.cache import default_cache_dir
+    from harness.cache import cache_root
     from harness.evalrun import EvalOptions
 
-    return EvalOptions(results_dir=Path(results_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+    return EvalOptions(results_dir=Path(results_dir), cache_dir=cache_root(cache_dir),
                        data_dir=Path(data_dir) if data_dir else None, pair=pair, run=run_name, rows=rows, seed=seed, **kw)
 
 
@@ -187,7 +187,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, re
     """Train the given methods on a pair under one budget, evaluate, record, and regenerate the leaderboard."""
     leaderboard_dir = _leaderboards_beside(results_dir, leaderboard_dir)
     from harness.budgets import Budget, get_budget
-    from harness.cache import default_cache_dir
+    from harness.cache import cache_root
     from harness.data import data_dir_from_env
     from harness.distributed import Launcher
     from harness.files import check_writable
@@ -220,7 +220,7 @@ def run(methods, pair, teacher, student, budget_name, budget_set, method_set, re
     check_writable(leaderboard_dir)
     opts = RunOptions(
         methods=[m.strip() for m in methods.split(",") if m.strip()], pair=the_pair, budget=budget,
-        results_dir=results_dir, cache_dir=cache_dir or default_cache_dir(), data_dir=data_dir_from_env(data_dir),
+        results_dir=results_dir, cache_dir=cache_root(cache_dir), data_dir=data_dir_from_env(data_dir),
         dataset=dataset, run_name=run_name, method_options=method_options, recipe=recipe,
         command=_command(), keep_weights=bool(benchmarks),
         launcher=Launcher(processes, accelerate_config), checkpoint_every=checkpoint_every,

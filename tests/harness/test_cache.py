@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from harness.cache import DONE, StageCache, stable_hash
+from harness.cache import DONE, StageCache, cache_root, model_cache_dir, stable_hash
 from harness.files import publish_dir, write_json_atomic, write_text_atomic
 
 
@@ -128,3 +129,18 @@ def test_atomic_writers(tmp_path):
     write_text_atomic(path, "replaced")
     assert path.read_text() == "replaced"
     assert [p.name for p in path.parent.iterdir()] == ["record.json"]
+
+
+def test_cache_dir_flag_moves_the_model_cache_unless_the_variable_names_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "from-env"))
+    assert cache_root(tmp_path / "flag") == tmp_path / "flag"
+    assert model_cache_dir() == tmp_path / "flag" / "models"  # not under $BENCH_CACHE_DIR or ~/.cache/bench
+    assert os.environ["BENCH_MODEL_CACHE"] == str(tmp_path / "flag" / "models")  # for the processes it starts
+
+    monkeypatch.delenv("BENCH_MODEL_CACHE")
+    assert cache_root(None) == tmp_path / "from-env" and model_cache_dir() == tmp_path / "from-env" / "models"
+
+    monkeypatch.setenv("BENCH_MODEL_CACHE", str(tmp_path / "models-elsewhere"))
+    cache_root(tmp_path / "flag")
+    assert model_cache_dir() == tmp_path / "models-elsewhere"
