@@ -24,6 +24,7 @@ import click
 
 from harness.cache import DONE, cache_root, model_cache_dir
 from harness.lock import BUILDING, CACHE_LOCK_NAME, cache_alone, is_locked
+from harness.models import conversion_lock
 
 _MODEL_TMP = re.compile(r".+\.tmp\d+$")
 
@@ -52,8 +53,8 @@ def _kind(stage: str, folder: Path) -> str | None:
     name = folder.name
     if name.startswith(".tmp-"):  # harness/cache.StageCache.build holds .building locked while it writes
         return "building" if is_locked(folder / BUILDING) else "abandoned"
-    if stage == "models" and _MODEL_TMP.fullmatch(name):  # <name>.tmp<pid> is written under <name>.lock
-        return "building" if is_locked(folder.with_name(name.rsplit(".tmp", 1)[0] + ".lock")) else "abandoned"
+    if stage == "models" and _MODEL_TMP.fullmatch(name):  # <name>.tmp<pid>, written under <name>'s lock
+        return "building" if is_locked(conversion_lock(folder.with_name(name.rsplit(".tmp", 1)[0]))) else "abandoned"
     if name.startswith(".partial-"):
         return "partial"
     if (folder / DONE).exists() or (stage == "models" and (folder / "config.json").exists()):

@@ -101,7 +101,6 @@ def cache_alone(cache_dir: Path):
         yield
 
 
-
 BUILDING = ".building"
 
 

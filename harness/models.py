@@ -99,12 +99,18 @@ def materialise(spec: ModelSpec) -> str:
     # Processes that start together on an empty cache (test workers, several runs) convert once: the others
     # wait for the first and then read its copy.
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "a") as lock:
+    with open(conversion_lock(target), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():
             return str(target)
         _convert(spec, target)
     return str(target)
+
+
+def conversion_lock(target: Path) -> Path:
+    """The lock held while ``target`` (and its ``<target>.tmp<pid>`` copy) is being written; `bench cache` reads
+    it to tell a conversion under way from one a killed process left."""
+    return target.with_name(target.name + ".lock")
 
 
 def _convert(spec: ModelSpec, target: Path) -> None:
