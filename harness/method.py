@@ -110,6 +110,12 @@ class Method:
         responses with the current student's samples here. ``rng`` is seeded per (run seed, step, micro-batch)."""
         return batch
 
+    def inert(self, batch: Batch) -> bool:
+        """True when this prepared micro-batch adds nothing to the loss or its gradient (a filter drops every
+        row), so the trainer may skip its forward and backward. Only say so when the loss is then exactly zero
+        with a zero gradient: the optimizer step still runs, on zero gradients, as it would have."""
+        return False
+
     @property
     def name(self) -> str:
         return self.registered_name

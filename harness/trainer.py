@@ -84,7 +84,12 @@ def step_loss(method: Method, model, micro_batches, accelerator: Accelerator) ->
     # DDP averages gradients over processes; the global normaliser already divides by all of them.
     scale = accelerator.num_processes
     loss_value, terms, stats, tokens = 0.0, {}, {}, 0
+    # A micro-batch a filter empties (method.inert) would add a zero loss and zero gradients: skip its forward
+    # and backward. Single process only: under DDP every process must join each backward's all-reduce.
+    skip = [accelerator.num_processes == 1 and method.inert(mb) for mb in micro_batches]
     for i, mb in enumerate(micro_batches):
+        if skip[i]:
+            continue
         mb = mb.to(accelerator.device)
         sync = i == len(micro_batches) - 1
         ctx = accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext()
@@ -98,6 +103,10 @@ def step_loss(method: Method, model, micro_batches, accelerator: Accelerator) ->
             terms[term.name] = terms.get(term.name, 0.0) + float(term.total.detach()) / max(totals[term.per], 1)
         for k, v in out.stats.items():
             stats[k] = stats.get(k, 0.0) + v / len(micro_batches)
+    if skip and all(skip):  # the zero gradients a backward would have left: AdamW still decays moments and weights
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     if accelerator.num_processes > 1:  # each process holds part of the sums and its own mean of the stats
         t_keys, s_keys = sorted(terms), sorted(stats)
         values = torch.tensor([loss_value] + [terms[k] for k in t_keys] + [stats[k] / scale for k in s_keys],

@@ -146,6 +146,11 @@ class PAD(Method):
             batch.signals["scored_samples"]["keep"] = keep
         return batch
 
+    def inert(self, batch):
+        # Every prompt filtered out: its losses are multiplied by 0, so the step gains nothing from the forward.
+        keep = batch.signals["scored_samples"].get("keep")
+        return keep is not None and not bool(keep.any())
+
     def loss(self, model, batch):
         cfg = self.config
         signal = batch.signals["scored_samples"]

@@ -380,3 +380,60 @@ def test_the_first_logged_step_trains_at_a_positive_rate(tiny_model):
                grad_accum=1, max_steps=4, learning_rate=1e-3, warmup_ratio=0.5, save_checkpoints=False)
     result = train(SFT(), tiny_model, rows, {}, b, pad_id=0, seed=0)
     assert [r["lr"] for r in result.loss_curve] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 5e-4])
+
+
+class KeepFirstRows(Method):
+    """A filtering loss like PAD's: each row's summed NLL times a keep flag (row index < ``keep_below``), averaged
+    over kept rows. ``skips``: declare micro-batches without a kept row inert, as PAD does."""
+
+    registered_name = "keep-first-rows"
+
+    def __init__(self, keep_below: int, skips: bool):
+        super().__init__()
+        self.keep_below, self.skips, self.forwards = keep_below, skips, 0
+
+    def prepare_batch(self, model, batch, rng):
+        batch.signals["filter"] = {"keep": torch.tensor([i < self.keep_below for i in batch.index])}
+        return batch
+
+    def inert(self, batch):
+        return self.skips and not bool(batch.signals["filter"]["keep"].any())
+
+    def loss(self, model, batch):
+        from harness.losses import forward, sequence_logps
+
+        self.forwards += 1
+        total, _ = sequence_logps(forward(model, batch.chosen), batch.chosen)
+        keep = batch.signals["filter"]["keep"].to(total.dtype)
+        return LossOutput([Term("nll", -(total * keep).sum(), "filter_kept")], batch.chosen.n_tokens)
+
+
+def test_skipping_inert_micro_batches_trains_the_same_weights_bit_for_bit(tiny_model):
+    import copy
+
+    rows = random_rows(8, seed=0)
+    # Weight decay and Adam moments from the kept rows' steps: a skipped step must still apply both, as the
+    # zero gradients of a real backward would.
+    b = budget(max_steps=6, weight_decay=0.1)
+    plan = step_plan(8, b, seed=0)
+    kept_below = 2
+    inert_mbs = [[all(i >= kept_below for i in mb) for mb in step] for step in plan]
+    assert any(all(s) for s in inert_mbs) and any(not all(s) for s in inert_mbs)  # whole steps of each kind
+    results, weights, methods_ = [], [], []
+    for skips in (False, True):
+        model = copy.deepcopy(tiny_model)
+        method = KeepFirstRows(kept_below, skips)
+        results.append(train(method, model, rows, {}, b, PAD, seed=0, desc="test"))
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        methods_.append(method)
+    full, skipped = results
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name
+    assert not torch.equal(weights[0]["lm_head.weight"], tiny_model.state_dict()["lm_head.weight"])
+    assert [e["loss"] for e in skipped.loss_curve] == [e["loss"] for e in full.loss_curve]
+    # Only the inert micro-batches went unforwarded, and the tokens say so.
+    n_inert = sum(map(sum, inert_mbs))
+    assert methods_[0].forwards - methods_[1].forwards == n_inert > 0
+    unforwarded = sum(len(rows[i].prompt_ids) + len(rows[i].chosen_ids)
+                      for step, flags in zip(plan, inert_mbs) for mb, f in zip(step, flags) if f for i in mb)
+    assert full.student_tokens - skipped.student_tokens == unforwarded

@@ -225,9 +225,14 @@ def test_diverse_filter_keeping_all_is_the_plain_sum():
 
 
 def test_everything_filtered_out_gives_zero():
-    out, batch = run_filters(PADConfig(beta=2.0, diverse_from=5), distinct=[False, False])
+    method = PAD(PADConfig(beta=2.0, diverse_from=5))
+    out, batch = run_filters(method.config, distinct=[False, False])
     assert batch.counts()["scored_samples_kept"] == 0
     assert float(out.terms[0].total.detach()) == 0.0
+    # ... so the trainer may skip its forward (harness/trainer.py step_loss); with one prompt kept it may not
+    assert method.inert(batch)
+    assert not method.inert(run_filters(method.config, distinct=[False, True])[1])
+    assert not method.inert(run_filters(PADConfig(beta=2.0), mcq=MCQ)[1])  # no filter: never inert
 
 
 @pytest.mark.parametrize("probs,keep", [
