@@ -66,9 +66,16 @@ def test_run_writes_a_record_per_method_and_reference_rows(workspace):
         for metric in ("pref_acc", "pref_margin", "nll_chosen", "kl_teacher", "rouge_l"):
             assert rec["metrics"][metric]["n"] > 0
         compute = rec["compute"]
-        assert compute["student_tokens_trained"] > 0 and compute["flops_estimate"] > 0
         curve = (workspace["root"] / "results/smollm2-135m/tiny-seed0" / name / "loss_curve.csv").read_text()
-        assert len(list(csv.DictReader(curve.splitlines()))) == 2
+        curve = list(csv.DictReader(curve.splitlines()))
+        assert len(curve) == 2 and compute["flops_estimate"] > 0
+        # pad's filters may drop every prompt of a step, which then forwards nothing (Method.inert) and logs no
+        # loss term; every other method forwards every step
+        if name == "pad":
+            forwarded = [bool(row.get(f"term/{rec['config']['loss']}")) for row in curve]
+            assert (compute["student_tokens_trained"] > 0) == any(forwarded)
+        else:
+            assert compute["student_tokens_trained"] > 0, name
     # Teacher tokens only for methods that consume teacher signals; dckd reads both sides.
     assert recs["sft"]["compute"]["teacher_forward_tokens"] == 0
     assert recs["dpo"]["compute"]["teacher_forward_tokens"] == 0 and recs["dpo"]["compute"]["reference_forward_tokens"] > 0
