@@ -47,6 +47,8 @@ class PADConfig(MethodConfig):
     mcq_filter: the official training filter: keep a prompt only if some sample has exp(s_mcq) > 0.5 and some
         has exp(s_mcq) <= 0.5 (needs the MCQ score, computed whenever alpha < 1 or this is set).
     Left-out prompts count neither in the loss nor in its mean (the step plan itself is shared by all methods).
+    The released run_pad.py instead removes them from the training set before training, so its steps hold kept
+    prompts only; matching that is open (README, What is not done yet).
     """
 
     beta: float = 10.0
