@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from harness.cache import default_cache_dir
+from harness.cache import cache_root
 from harness.models import load_model, load_model_from
 from harness.pairs import get_pair
 
@@ -33,13 +33,14 @@ def main() -> None:
     args = parser.parse_args()
 
     record = json.loads((args.row / "record.json").read_text())
-    cache = args.cache_dir or default_cache_dir()
+    cache = cache_root(args.cache_dir)  # the starting student is read from its models/ too, as bench run does
     trained_dir = cache / "train" / record["train_stage_key"] / "checkpoint"
     if not trained_dir.is_dir():
         raise SystemExit(f"{trained_dir} is not in the cache; run the row's `bench run` command again first.")
-    start = load_model(get_pair(record["pair"]["name"]).student).state_dict()
-    trained = load_model_from(trained_dir).state_dict()
-    moves = torch.cat([(trained[k].float() - start[k].float()).abs().flatten() for k in trained])
+    # Parameters, not the state dict: a tied output embedding is one set of weights, not two.
+    start = dict(load_model(get_pair(record["pair"]["name"]).student).named_parameters())
+    trained = dict(load_model_from(trained_dir).named_parameters())
+    moves = torch.cat([(trained[k].detach() - start[k].detach()).abs().flatten() for k in trained])
     sample = moves[torch.randperm(moves.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
     qs = [0.1, 0.5, 0.9, 0.99]
     print(f"{args.row}: {moves.numel():,} weights, {float((moves > 0).float().mean()):.2%} moved")
