@@ -35,10 +35,15 @@ def teacher_dpo_key(teacher: dict, data: str, budget, options: dict, bench: str 
                         "options": options, "bench": bench})
 
 
-def train_key(row: str, config: dict, budget, init: str, data: str, signals: dict, bench: str = BENCH) -> str:
-    """One row's training: its config, the budget, the student it starts from and the keys of its signals."""
-    return stable_hash({"method": row, "config": config, "budget": budget.to_dict(), "init": init, "data": data,
-                        "signals": signals, "bench": bench})
+def train_key(row: str, config: dict, budget, init: str, data: str, signals: dict, bench: str = BENCH,
+              narrowed: bool = False) -> str:
+    """One row's training: its config, the budget, the student it starts from and the keys of its signals;
+    ``narrowed`` when the method trains on the rows its signals keep (absent otherwise, so other keys stay)."""
+    parts = {"method": row, "config": config, "budget": budget.to_dict(), "init": init, "data": data,
+             "signals": signals, "bench": bench}
+    if narrowed:
+        parts["rows"] = "kept by the method"
+    return stable_hash(parts)
 
 
 def eval_key(model: str, data: str, budget, topk: str, bench: str = BENCH) -> str:

@@ -110,6 +110,18 @@ class Method:
         responses with the current student's samples here. ``rng`` is seeded per (run seed, step, micro-batch)."""
         return batch
 
+    def training_rows(self, signals: dict, n_rows: int) -> list[int] | None:
+        """The training rows (indices) this method trains on, decided from its prepared signals before the first
+        step; None: all of them. A method whose released code removes rows from its training set (PAD's filters)
+        returns the rest; the trainer then plans its passes over those rows only (harness/trainer.py, step_plan).
+        The loss must ignore every row left out: the trainer may fill a last, partial step with them."""
+        return None
+
+    def narrows_rows(self) -> bool:
+        """True when this configuration may return rows from ``training_rows``: it joins the training stage's
+        cache key, since the steps run differ from a stage trained over every row."""
+        return False
+
     def inert(self, batch: Batch) -> bool:
         """True when this prepared micro-batch adds nothing to the loss or its gradient (a filter drops every
         row), so the trainer may skip its forward and backward. Only say so when the loss is then exactly zero

@@ -66,6 +66,8 @@ def compute_record(train_info: dict) -> dict:
         "flops_estimate": flops,
         "signals_shared": sorted(train_info["signals"]),
     }
+    if "rows_trained" in train_info:  # only a method that narrows its rows (PAD's filters) records it
+        record["rows_trained"] = train_info["rows_trained"]
     stages = {name: {"stage_key": s["stage_key"], "wall_clock_s": round(s["wall_clock_s"], 2)}
               for name, s in train_info["signals"].items() if "stage_key" in s}
     for name, s in train_info["signals"].items():  # ADPA's signal includes the (shared) teacher-DPO stage
@@ -94,6 +96,9 @@ def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_c
     write_json_atomic(folder / "metrics.json", evaluation["metrics"])
     for name in ("per_example.jsonl", "answers.jsonl"):
         write_text_atomic(folder / name, (evaluation["folder"] / name).read_text())
+    stale = folder / "loss_curve.csv"
+    if not loss_curve and stale.exists():  # this run trained no step: an earlier run's curve is not this row's
+        stale.unlink()
     if loss_curve:
         keys = sorted({k for row_ in loss_curve for k in row_}, key=lambda k: (k != "step", k))
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in loss_curve]

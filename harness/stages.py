@@ -209,7 +209,7 @@ class Run:
     # ------------------------------------------------------------------ one method
     def train_key(self, name: str, method) -> str:
         return keys.train_key(name, method.config.to_dict(), self.budget, self.start_key(method), self.data_key,
-                              self.method_signal_keys(method))
+                              self.method_signal_keys(method), narrowed=method.narrows_rows())
 
     def method_signal_keys(self, method) -> dict:
         return {s: self.signal_key(s, "train", method) for s in method.needs}
@@ -278,13 +278,18 @@ class Run:
                 "student_forward_tokens": result.student_forward_tokens,
                 "teacher_params": count_parameters(teacher)["matmul"] if teacher is not None else 0,
                 "student_params": params, "signals": signal_info, "git_revision": git_revision(),
+                **({"rows_trained": result.rows_trained} if result.rows_trained is not None else {}),
                 "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if method.starts_from:
             dep_name, dep = self.dependency(method)
             dep_key = self.train_key(dep_name, dep)
             dep_info = json.loads((self.cache.path("train", dep_key) / "train.json").read_text())
             info["starts_from"] = {"method": dep_name, "train_stage_key": dep_key, "compute": compute_record(dep_info)}
-        log.info(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+        if result.loss_curve:
+            log.info(f"train {name}: final loss {result.loss_curve[-1]['loss']:.4f} in {result.wall_clock_s:.0f}s")
+        else:
+            log.warning(f"train {name}: no optimizer step ran (the method kept no training row); its student is "
+                        "the one it started from")
         return model, info
 
     def run_method(self, name: str, method) -> dict:

@@ -43,12 +43,13 @@ class PADConfig(MethodConfig):
         With loss "rd" the teacher's ranking is by the MCQ score alone whatever alpha, as in the code.
     diverse_from: when above the budget's n = samples_per_prompt, draw this many samples and keep the n most
         mutually different by Levenshtein distance (the official aggregation keeps 4 of 5); a prompt whose n
-        kept samples are not all distinct is left out of the loss (the official code drops it). 0: off.
+        kept samples are not all distinct is left out (the official code drops it). 0: off.
     mcq_filter: the official training filter: keep a prompt only if some sample has exp(s_mcq) > 0.5 and some
         has exp(s_mcq) <= 0.5 (needs the MCQ score, computed whenever alpha < 1 or this is set).
-    Left-out prompts count neither in the loss nor in its mean (the step plan itself is shared by all methods).
-    The released run_pad.py instead removes them from the training set before training, so its steps hold kept
-    prompts only; matching that is open (README, What is not done yet).
+    Left-out prompts leave the training set, as the released run_pad.py removes them before training
+    (scripts/run_pad.py:99-102,193-194): pad makes the budget's passes over the kept prompts only, so it runs at
+    most the budget's optimizer steps, and its learning-rate schedule spans the steps it runs; the record gives
+    ``rows_trained``. With no prompt kept, no step runs and the row is its starting student.
     """
 
     beta: float = 10.0
@@ -141,6 +142,16 @@ class PAD(Method):
             mixed = (p > 0.5).any(-1) & (p <= 0.5).any(-1)
             keep = mixed if keep is None else keep & mixed
         return keep
+
+    def narrows_rows(self):
+        return self.config.mcq_filter or self.config.diverse_from > 0
+
+    def training_rows(self, signals, n_rows):
+        # run_pad.py removes the prompts its filters reject from the training set before the trainer sees it, so
+        # its steps (and its schedule) cover the kept prompts only; the per-batch mask below stays as the guard
+        # for rows the trainer adds to complete a last step.
+        keep = self.kept(signals["scored_samples"]) if self.narrows_rows() else None
+        return None if keep is None else keep.nonzero().flatten().tolist()
 
     def prepare_batch(self, model, batch, rng):
         keep = self.kept(batch.signals["scored_samples"])

@@ -154,6 +154,35 @@ def test_step_plan_rejects_too_few_rows():
         step_plan(3, budget(), seed=0)
 
 
+def test_a_narrowed_plan_passes_over_the_kept_rows_and_completes_its_last_step_with_left_out_rows():
+    b = budget(max_steps=None, epochs=1, train_examples=16)  # 4 steps of 2 x 2 over 16 rows
+    keep = [1, 4, 6, 9, 11, 12, 15]
+    plan = step_plan(16, b, seed=2, keep=keep)
+    assert plan == step_plan(16, b, seed=2, keep=list(reversed(keep)))  # the set decides, not its order
+    assert len(plan) == 2  # ceil(7 / 4) of the budget's 4
+    assert all(len(step) == b.grad_accum and all(len(mb) == b.batch_size for mb in step) for step in plan)
+    flat = [i for step in plan for mb in step for i in mb]
+    assert sorted(flat[:7]) == keep  # one pass, each kept row once
+    assert flat[7] not in keep  # the filler, a left-out row
+    # Every row kept: the budget's own plan, row for row.
+    assert step_plan(16, b, seed=2, keep=list(range(16))) == step_plan(16, b, seed=2)
+    # Two passes when the budget makes two; still never more steps than the budget's.
+    b2 = budget(max_steps=None, epochs=2, train_examples=16)
+    flat2 = [i for step in step_plan(16, b2, seed=2, keep=keep) for mb in step for i in mb]
+    assert len(flat2) == 16 and sorted(flat2[:14]) == sorted(keep * 2) and set(flat2[14:]).isdisjoint(keep)
+    assert len(step_plan(16, b2, seed=2, keep=list(range(16)))) == b2.optimizer_steps == 8
+    # Nothing kept: no step. Too few rows left out to fill the last step: its kept rows are dropped.
+    assert step_plan(16, b, seed=2, keep=[]) == []
+    b10 = budget(max_steps=None, epochs=1, train_examples=10)  # 3 steps
+    short = [i for step in step_plan(10, b10, seed=2, keep=list(range(9))) for mb in step for i in mb]
+    assert len(short) == 8 and set(short) < set(range(9))  # 9 kept, 1 left out: the ninth's step is dropped
+    # With max_steps, the fraction of a pass the budget's steps make: here 3 x 4 of 16 rows, 3/4 of a pass.
+    flat3 = [i for step in step_plan(16, budget(max_steps=3), seed=2, keep=keep) for mb in step for i in mb]
+    assert len(flat3) == 8 and len(set(flat3[:6])) == 6 and set(flat3[:6]) < set(keep)  # ceil(0.75 x 7) = 6
+    with pytest.raises(BenchError, match="outside"):
+        step_plan(16, b, seed=2, keep=[3, 16])
+
+
 def test_train_lowers_the_sft_loss(tiny_model):
     rows = random_rows(8, seed=0)
     b = budget()
@@ -437,3 +466,35 @@ def test_skipping_inert_micro_batches_trains_the_same_weights_bit_for_bit(tiny_m
     unforwarded = sum(len(rows[i].prompt_ids) + len(rows[i].chosen_ids)
                       for step, flags in zip(plan, inert_mbs) for mb, f in zip(step, flags) if f for i in mb)
     assert full.student_tokens - skipped.student_tokens == unforwarded
+
+
+class TrainsOnFirstRows(KeepFirstRows):
+    """KeepFirstRows that also narrows its training rows to the kept ones, as PAD does with its filters."""
+
+    def training_rows(self, signals, n_rows):
+        return [i for i in range(n_rows) if i < self.keep_below]
+
+
+def test_a_method_that_narrows_its_rows_trains_one_pass_over_them_on_a_schedule_of_its_own_steps(tiny_model):
+    import copy
+
+    from harness.losses import forward, sequence_logps
+
+    rows = random_rows(8, seed=0)
+    b = budget(max_steps=None, epochs=1, train_examples=8, lr_schedule="cosine", warmup_ratio=0.0)  # 2 steps
+    model = copy.deepcopy(tiny_model)
+    result = train(TrainsOnFirstRows(3, skips=True), model, rows, {}, b, PAD, seed=0, desc="test")
+    assert result.optimizer_steps == 1 and result.rows_trained == 3
+    # The one step's loss is the mean NLL of the three kept rows: the row completing the step adds nothing.
+    with torch.no_grad():
+        sums = [float(sequence_logps(forward(tiny_model, collate([rows[i]], [i], PAD).chosen),
+                                     collate([rows[i]], [i], PAD).chosen)[0].sum()) for i in range(3)]
+    assert result.loss_curve[0]["loss"] == pytest.approx(-sum(sums) / 3, rel=1e-5)
+    # Its schedule spans its own step (cosine over one step starts at the peak), not the budget's two.
+    assert result.loss_curve[0]["lr"] == b.learning_rate
+    # With no row kept nothing runs, and the student is the one it started from.
+    model = copy.deepcopy(tiny_model)
+    result = train(TrainsOnFirstRows(0, skips=True), model, rows, {}, b, PAD, seed=0, desc="test")
+    assert result.optimizer_steps == 0 and result.loss_curve == [] and result.rows_trained == 0
+    for name, w in model.state_dict().items():
+        assert torch.equal(w, tiny_model.state_dict()[name]), name

@@ -271,6 +271,20 @@ def test_mcq_present_without_the_filter_keeps_everything():
     assert method.kept({"mcq": torch.tensor([[math.log(0.9)] * 3])}) is None
 
 
+def test_training_rows_are_the_prompts_its_filters_keep():
+    # prompts: 0 mixed and distinct, 1 all above one half, 2 mixed but not distinct, 3 mixed and distinct
+    probs = [[0.9, 0.2, 0.4], [0.7, 0.6, 0.55], [0.8, 0.1, 0.3], [0.5, 0.51, 0.1]]
+    signal = {"mcq": torch.tensor(probs).log(), "distinct": torch.tensor([True, True, False, True])}
+    official = PAD(_PADConfig())
+    assert official.narrows_rows()
+    assert official.training_rows({"scored_samples": signal}, 4) == [0, 3]
+    mcq_only = {"mcq": signal["mcq"]}  # the signal has "distinct" only when the config drew extra samples
+    assert PAD(PADConfig(mcq_filter=True)).training_rows({"scored_samples": mcq_only}, 4) == [0, 2, 3]
+    # the paper recipe filters nothing: every row, and a training key as before
+    paper = PAD(PADConfig())
+    assert not paper.narrows_rows() and paper.training_rows({"scored_samples": signal}, 4) is None
+
+
 @pytest.mark.parametrize("kwargs,options", [
     ({}, {}),
     ({"alpha": 1.0, "diverse_from": 0, "mcq_filter": False, "beta": 3.0}, {}),
