@@ -48,6 +48,17 @@ def budget_line(budget: dict) -> str:
     return text[:-1] + "." if text.endswith(",") else text
 
 
+def narrowed_lines(run_records: list[dict]) -> list[str]:
+    """Rows that trained on part of the budget's rows (a method's own filter, e.g. PAD's) say so under the table,
+    since their steps column is then below the budget's."""
+    parts = [f"{r['row']} on {r['compute']['rows_trained']} of {r.get('data', {}).get('train_rows', '?')}"
+             for r in sorted(run_records, key=lambda r: r["row"]) if "rows_trained" in r.get("compute", {})]
+    if not parts:
+        return []
+    return [f"Trained on the rows their own filters keep, one pass as their released code does: {'; '.join(parts)} "
+            "training rows.", ""]
+
+
 def plot_lines(plots: list[dict], base: Path) -> list[str]:
     """Links to a run's plots (relative to the Markdown file); the first is shown inline."""
     if not plots:
@@ -93,6 +104,7 @@ def markdown(pair: str, df: pd.DataFrame, description: str = "", records: list[d
             lines += [f"Reproduce: `bench run --methods {','.join(methods)} --pair {pair} --budget {budget} "
                       f"--seed {seed} --data-dir ../shared`", ""]
         lines += md_run_table(run_table(part, run))
+        lines += narrowed_lines(run_records)
         notes: dict[str, int] = {}
         bench = benchmark_table(part, run_records, run)
         lines += md_benchmark_table(bench, notes)

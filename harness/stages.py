@@ -268,7 +268,8 @@ class Run:
                                  validation=self.spare_rows)
         model = self.load_start(method)
         start = f", starting from the {method.starts_from} student" if method.starts_from else ""
-        log.info(f"train {name}: {b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
+        upto = "at most " if method.narrows_rows() else ""  # it trains on the rows its signals keep
+        log.info(f"train {name}: {upto}{b.optimizer_steps} steps of {b.examples_per_step} pairs{start}")
         params = count_parameters(model)["matmul"]
         result = train(method, model, self.train_rows, signals, b, self.tokenizer.pad_token_id, b.seed,
                        desc=f"train {name}", checkpoints=self.checkpointing("train", self.train_key(name, method)))

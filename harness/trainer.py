@@ -324,8 +324,9 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
     keep = method.training_rows(signals, len(rows))
     plan_all = step_plan(len(rows), budget, seed, keep)
     if keep is not None and accelerator.is_main_process:
-        tqdm.write(f"[bench] {desc}: the method trains on {len(set(keep))} of {len(rows)} rows: {len(plan_all)} "
-                   f"optimizer steps of the budget's {budget.optimizer_steps}", file=sys.stderr)
+        steps = f"{len(plan_all)} optimizer step{'' if len(plan_all) == 1 else 's'}"
+        tqdm.write(f"[bench] {desc}: the method trains on {len(set(keep))} of {len(rows)} rows: {steps} of the "
+                   f"budget's {budget.optimizer_steps}", file=sys.stderr)
     # The schedule spans the steps that run (the budget's, or fewer on narrowed rows, as a released script's
     # scheduler spans its own smaller training set); the peak learning rate is the budget's for every method.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(

@@ -137,6 +137,21 @@ def test_reference_rows_come_first_and_are_never_bold(tmp_path):
     assert all("**" not in line for line in table[:2])
 
 
+def test_a_row_trained_on_the_rows_its_filter_keeps_says_so_under_the_run_table(tmp_path):
+    narrowed = record("pad", "method", {"nll_chosen": metric(1.9, 0.1, 8)}, {**compute(1, 300, 900, 3.0, 1e12),
+                                                                          "rows_trained": 3})
+    narrowed["data"] = {"train_rows": 8}
+    write_results(tmp_path / "results", RECORDS + [narrowed])
+    regenerate(tmp_path / "results", tmp_path / "lb")
+    lines = (tmp_path / "lb" / f"{PAIR}.md").read_text().splitlines()
+    at = lines.index("Trained on the rows their own filters keep, one pass as their released code does: pad on 3 "
+                     "of 8 training rows.")
+    assert lines[at - 2].startswith("| sft |")  # right under the table; rows without the field are not named
+    write_results(tmp_path / "results2", RECORDS)
+    regenerate(tmp_path / "results2", tmp_path / "lb2")
+    assert "Trained on the rows" not in (tmp_path / "lb2" / f"{PAIR}.md").read_text()
+
+
 def test_regenerating_gives_identical_bytes(tmp_path):
     write_results(tmp_path / "results", RECORDS)
     first = {p.name: p.read_bytes() for p in regenerate(tmp_path / "results", tmp_path / "lb")}
