@@ -113,7 +113,7 @@ class Method:
     def training_rows(self, signals: dict, n_rows: int) -> list[int] | None:
         """The training rows (indices) this method trains on, decided from its prepared signals before the first
         step; None: all of them. A method whose released code removes rows from its training set (PAD's filters)
-        returns the rest; the trainer then plans its passes over those rows only (harness/trainer.py, step_plan).
+        returns the rest; the trainer then plans its passes over those rows only (harness/plan.py, step_plan).
         The loss must ignore every row left out: the trainer may fill a last, partial step with them."""
         return None
 

@@ -96,10 +96,9 @@ def write_record(run_dir: Path, row: str, record: dict, evaluation: dict, loss_c
     write_json_atomic(folder / "metrics.json", evaluation["metrics"])
     for name in ("per_example.jsonl", "answers.jsonl"):
         write_text_atomic(folder / name, (evaluation["folder"] / name).read_text())
-    stale = folder / "loss_curve.csv"
-    if not loss_curve and stale.exists():  # this run trained no step: an earlier run's curve is not this row's
-        stale.unlink()
-    if loss_curve:
+    if not loss_curve:  # this run trained no step: an earlier run's curve is not this row's
+        (folder / "loss_curve.csv").unlink(missing_ok=True)
+    else:
         keys = sorted({k for row_ in loss_curve for k in row_}, key=lambda k: (k != "step", k))
         lines = [",".join(keys)] + [",".join(_fmt(r.get(k)) for k in keys) for r in loss_curve]
         write_text_atomic(folder / "loss_curve.csv", "\n".join(lines) + "\n")

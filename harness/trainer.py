@@ -36,6 +36,7 @@ from harness.budgets import Budget
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.method import Method
+from harness.plan import step_plan
 from harness.signals import collate_signals
 
 
@@ -49,59 +50,6 @@ class TrainResult:
     optimizer_steps: int = 0
     wall_clock_s: float = 0.0
     rows_trained: int | None = None  # distinct rows trained on, when the method narrowed them (else all)
-
-
-def step_plan(n_rows: int, budget: Budget, seed: int, keep: list[int] | None = None) -> list[list[list[int]]]:
-    """Optimizer steps -> micro-batches -> row indices. Seeded, and the same for every method of a run.
-
-    ``keep``: the rows a method trains on when it narrows them (Method.training_rows; PAD's filters). It makes
-    as many passes over them as the budget makes over all rows, so its steps are at most the budget's. A last
-    step the kept rows cannot fill is completed with rows left out, which that method's loss ignores: the step
-    keeps its shape (and its split over processes) and the gradient of its kept rows alone, as the partial last
-    batch of a released script's smaller training set. With too few rows left out to fill it, that tail is
-    dropped, as an epoch's tail is below."""
-    per_step = budget.examples_per_step
-    if n_rows < per_step:
-        raise BenchError(f"{n_rows} training rows cannot fill one optimizer step of {per_step} examples.")
-    if keep is None:
-        order: list[int] = []
-        epoch = 0
-        while len(order) < budget.optimizer_steps * per_step:
-            perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-            # An epoch's tail that cannot fill a whole step is dropped, so every step has the same shape.
-            order += perm[: (n_rows // per_step) * per_step]
-            epoch += 1
-        order = order[:budget.optimizer_steps * per_step]
-    else:
-        order = _narrowed_order(n_rows, sorted(set(keep)), budget, seed)
-    steps = []
-    for s in range(len(order) // per_step):
-        rows = order[s * per_step:(s + 1) * per_step]
-        steps.append([rows[m * budget.batch_size:(m + 1) * budget.batch_size] for m in range(budget.grad_accum)])
-    return steps
-
-
-def _narrowed_order(n_rows: int, keep: list[int], budget: Budget, seed: int) -> list[int]:
-    per_step = budget.examples_per_step
-    if keep and not 0 <= keep[0] <= keep[-1] < n_rows:
-        raise BenchError(f"A method kept training rows outside 0..{n_rows - 1}: {keep[0]}..{keep[-1]}.")
-    # The budget's epochs, or with max_steps the fraction of a pass its steps make over all rows.
-    passes = budget.epochs if budget.max_steps is None else budget.max_steps * per_step / n_rows
-    visits = min(math.ceil(passes * len(keep)), budget.optimizer_steps * per_step)
-    order: list[int] = []
-    epoch = 0
-    while len(order) < visits:
-        perm = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-        order += [keep[i] for i in perm]
-        epoch += 1
-    order = order[:visits]
-    short = -len(order) % per_step
-    kept = set(keep)
-    left_out = [i for i in range(n_rows) if i not in kept]
-    if short and len(left_out) >= short:
-        g = torch.Generator().manual_seed(seed * 1000 + 999_999)
-        order += [left_out[i] for i in torch.randperm(len(left_out), generator=g)[:short].tolist()]
-    return order[: (len(order) // per_step) * per_step]
 
 
 def step_loss(method: Method, model, micro_batches, accelerator: Accelerator) -> tuple[float, dict, int]:
@@ -323,9 +271,10 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
                                   fused=True)
     keep = method.training_rows(signals, len(rows))
     plan_all = step_plan(len(rows), budget, seed, keep)
-    if keep is not None and accelerator.is_main_process:
+    rows_trained = None if keep is None else len(set(keep))
+    if rows_trained is not None and accelerator.is_main_process:
         steps = f"{len(plan_all)} optimizer step{'' if len(plan_all) == 1 else 's'}"
-        tqdm.write(f"[bench] {desc}: the method trains on {len(set(keep))} of {len(rows)} rows: {steps} of the "
+        tqdm.write(f"[bench] {desc}: the method trains on {rows_trained} of {len(rows)} rows: {steps} of the "
                    f"budget's {budget.optimizer_steps}", file=sys.stderr)
     # The schedule spans the steps that run (the budget's, or fewer on narrowed rows, as a released script's
     # scheduler spans its own smaller training set); the peak learning rate is the budget's for every method.
@@ -389,7 +338,7 @@ def train(method: Method, model, rows: list[Encoded], signals: dict, budget: Bud
         totals = accelerator.reduce(torch.tensor([usage[k] for k in keys], device=accelerator.device), "sum")
         usage = dict(zip(keys, (int(v) for v in totals.tolist())))
     result.optimizer_steps = len(result.loss_curve)
-    result.rows_trained = None if keep is None else len(set(keep))
+    result.rows_trained = rows_trained
     result.teacher_tokens = usage["teacher_tokens"]
     result.generated_tokens = usage["generated_tokens"]
     result.student_forward_tokens = usage["student_forward_tokens"]

@@ -60,9 +60,10 @@ from harness.method import Runtime
 from harness.models import count_parameters
 from harness.pairs import get_pair
 from harness.pipeline import Run, RunOptions, git_revision
+from harness.plan import step_plan
 from harness.registry import METHODS
 from harness.signals import parse_signal
-from harness.trainer import step_plan, train
+from harness.trainer import train
 from methods.kd import KD
 
 ROOT = Path(__file__).resolve().parent.parent

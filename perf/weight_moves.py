@@ -48,8 +48,9 @@ def main() -> None:
         print(f"  |dw| quantile {q:.2f}: {v:.3e}")
     print(f"  |dw| max:           {float(moves.max()):.3e}")
 
-    rows = list(csv.DictReader((args.row / "loss_curve.csv").read_text().splitlines()))
-    terms = [k for k in rows[0] if k.startswith("term/")]
+    curve = args.row / "loss_curve.csv"  # absent when the row trained no step (pad keeping no prompt)
+    rows = list(csv.DictReader(curve.read_text().splitlines())) if curve.exists() else []
+    terms = [k for k in (rows[0] if rows else {}) if k.startswith("term/")]
     stepped = [r for r in rows if any(r.get(k) for k in terms)]
     dense = sum(float(r["lr"]) for r in stepped)
     lone = sum(float(r["lr"]) * math.sqrt((1 - 0.999 ** int(r["step"])) / 0.001) for r in stepped)

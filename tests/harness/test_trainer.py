@@ -14,8 +14,9 @@ from harness.budgets import Budget
 from harness.data import Encoded
 from harness.errors import BenchError
 from harness.method import LossOutput, Method, Term
+from harness.plan import step_plan
 from harness.signals import collate_signals, compute_topk
-from harness.trainer import step_loss, step_plan, train
+from harness.trainer import step_loss, train
 from methods.dckd import DCKD
 from methods.dpo import DPO, DPOConfig
 from methods.sft import SFT
@@ -487,8 +488,8 @@ def test_a_method_that_narrows_its_rows_trains_one_pass_over_them_on_a_schedule_
     assert result.optimizer_steps == 1 and result.rows_trained == 3
     # The one step's loss is the mean NLL of the three kept rows: the row completing the step adds nothing.
     with torch.no_grad():
-        sums = [float(sequence_logps(forward(tiny_model, collate([rows[i]], [i], PAD).chosen),
-                                     collate([rows[i]], [i], PAD).chosen)[0].sum()) for i in range(3)]
+        chosen = [collate([rows[i]], [i], PAD).chosen for i in range(3)]
+        sums = [float(sequence_logps(forward(tiny_model, seqs), seqs)[0].sum()) for seqs in chosen]
     assert result.loss_curve[0]["loss"] == pytest.approx(-sum(sums) / 3, rel=1e-5)
     # Its schedule spans its own step (cosine over one step starts at the peak), not the budget's two.
     assert result.loss_curve[0]["lr"] == b.learning_rate
